@@ -1,0 +1,82 @@
+"""Helpers for plugins: turn request bytes into model input, or raise ``InvalidInput``.
+
+Every refusal is an :class:`~mlflow_pluggable_scoring_server.errors.InvalidInput`
+(answered with 400) whose message says what was expected, never what was sent.
+"""
+
+import io
+import json
+
+import numpy as np
+
+from .errors import InvalidInput
+
+IMAGE_TYPES = ("image/png", "image/jpeg")
+
+
+def read_json(data):
+    """Parse a JSON request body."""
+    if not data:
+        raise InvalidInput("request body is empty; expected a JSON document")
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise InvalidInput("request body is not UTF-8 text; expected a JSON document") from None
+    except ValueError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def read_split_frame(data, columns=None, dtype="float32"):
+    """Read a table sent as pandas' "split" JSON orientation into a 2-D numpy array.
+
+    The body is ``{"columns": [...], "data": [[...], ...]}`` (an ``index`` key is
+    ignored), or MLflow's ``{"dataframe_split": {...}}`` wrapping of it. With
+    ``columns``, the array has exactly those columns in that order: extra columns
+    (a label, say) are dropped and a missing one is an error.
+    """
+    doc = read_json(data)
+    if isinstance(doc, dict) and "dataframe_split" in doc:
+        doc = doc["dataframe_split"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("columns"), list) or not isinstance(doc.get("data"), list):
+        raise InvalidInput('expected a JSON object in pandas "split" orientation: {"columns": [...], "data": [[...], ...]}')
+    sent, rows = doc["columns"], doc["data"]
+    if not rows:
+        raise InvalidInput('"data" has no rows')
+    if any(not isinstance(row, list) or len(row) != len(sent) for row in rows):
+        raise InvalidInput(f'every row of "data" must be a list of {len(sent)} values, one per column')
+    try:
+        table = np.asarray(rows, dtype=dtype)
+    except (TypeError, ValueError):
+        raise InvalidInput(f'every value of "data" must be a number ({dtype})') from None
+    if columns is None:
+        return table
+    position = {name: i for i, name in enumerate(sent) if isinstance(name, str)}
+    missing = [name for name in columns if name not in position]
+    if missing:
+        raise InvalidInput(f"missing columns: {', '.join(missing)}")
+    return table[:, [position[name] for name in columns]]
+
+
+def read_image(data, mode=None, size=None):
+    """Decode a PNG or JPEG body into a PIL image, converted to ``mode`` and resized to ``size``.
+
+    Pillow's decompression-bomb guard stays on; a truncated or corrupt image is refused.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidInput("request body is empty; expected an image (PNG or JPEG)")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.format not in ("PNG", "JPEG"):
+            raise InvalidInput(f"image format {image.format} is not accepted; send PNG or JPEG")
+        image.load()
+    except UnidentifiedImageError:
+        raise InvalidInput("request body is not a readable image; send PNG or JPEG") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InvalidInput(f"image cannot be decoded: {e}") from None
+    if mode and image.mode != mode:
+        image = image.convert(mode)
+    if size and image.size != tuple(size):
+        image = image.resize(tuple(size))
+    return image

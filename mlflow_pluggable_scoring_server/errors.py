@@ -1,0 +1,45 @@
+"""One exception root for everything the server answers with an error status.
+
+Plugins raise these (``InvalidInput`` mostly); the HTTP layer turns them into
+``{"error_code": ..., "message": ...}`` with the status they carry.
+"""
+
+from http import HTTPStatus
+
+
+class ScoringError(Exception):
+    """An error the caller can see: a message and the HTTP status it is answered with."""
+
+    status_code = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message, status_code=None):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = HTTPStatus(status_code)
+
+    @property
+    def error_code(self):
+        return self.status_code.name
+
+
+class InvalidInput(ScoringError):
+    """The request body cannot be scored: unreadable, wrong shape, wrong values (400)."""
+
+    status_code = HTTPStatus.BAD_REQUEST
+
+
+class UnsupportedMediaType(ScoringError):
+    """The request's Content-Type is not one the plugin accepts (415)."""
+
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class NotAcceptable(ScoringError):
+    """No media type the caller accepts can be produced (406)."""
+
+    status_code = HTTPStatus.NOT_ACCEPTABLE
+
+
+class StartupError(Exception):
+    """The server cannot start: the message is the one line shown to the user."""

@@ -1,0 +1,54 @@
+"""Model URIs: check that one resolves before any worker tries to load it.
+
+The plugin loads the model (``load_model(model_uri)``); this only makes a URI that
+points nowhere fail at start-up with one line instead of a worker traceback.
+"""
+
+import os
+from urllib.parse import urlparse
+
+from .errors import StartupError
+
+
+def local_path(model_uri):
+    """The filesystem path of a plain path or ``file:`` URI, else None."""
+    parsed = urlparse(model_uri)
+    if parsed.scheme == "file":
+        return parsed.netloc + parsed.path if parsed.netloc not in ("", "localhost") else parsed.path
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return model_uri
+    return None
+
+
+def check_model_uri(model_uri):
+    """Raise StartupError if ``model_uri`` does not resolve to a model.
+
+    Paths must exist; ``models:/`` must name a registered version, stage, alias or
+    ``latest`` in the registry of MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI; ``runs:/``
+    must name an existing run. Other schemes (s3:, gs:, ...) are left to the plugin.
+    """
+    path = local_path(model_uri)
+    if path is not None:
+        if not os.path.exists(path):
+            raise StartupError(f"model URI '{model_uri}' does not resolve: no such file or directory '{path}'")
+        return
+    scheme = urlparse(model_uri).scheme
+    if scheme not in ("models", "runs"):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient()
+        if scheme == "models":
+            from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+            get_model_name_and_version(client, model_uri)
+        else:
+            from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+            run_id, _ = RunsArtifactRepository.parse_runs_uri(model_uri)
+            client.get_run(run_id)
+    except MlflowException as e:
+        reason = str(e.message).strip().splitlines()[0]
+        raise StartupError(f"model URI '{model_uri}' does not resolve: {reason}") from None

@@ -1,0 +1,73 @@
+"""The API's OpenAPI 3 document, built from Flask-RESTX's Swagger 2.0 one.
+
+Swagger 2.0 cannot describe a raw binary body (only multipart uploads), so Swagger
+UI would show a text box for an image. OpenAPI 3 can: the predict body is declared
+with the plugin's media types, binary ones as ``format: binary``, and the UI offers
+a file picker for them.
+"""
+
+PREDICT_PATH = "/api/predict"
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error_code", "message"],
+    "properties": {
+        "error_code": {"type": "string", "example": "UNSUPPORTED_MEDIA_TYPE"},
+        "message": {"type": "string"},
+    },
+}
+
+
+def body_schema(media_type):
+    """Schema of a body of ``media_type``: JSON is any JSON value, text is a string, the rest binary."""
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return {}
+    if media_type.startswith("text/"):
+        return {"type": "string"}
+    return {"type": "string", "format": "binary"}
+
+
+def _operation(op, produces):
+    """Translate one Swagger 2.0 operation; its responses get a content per produced type."""
+    out = {k: v for k, v in op.items() if k in ("summary", "description", "operationId", "tags")}
+    params = [p for p in op.get("parameters", []) if p.get("in") != "body"]
+    if params:
+        out["parameters"] = [
+            {**{k: v for k, v in p.items() if k not in ("type", "format")}, "schema": {"type": p.get("type", "string")}}
+            for p in params
+        ]
+    responses = {}
+    for code, response in op.get("responses", {"200": {"description": "Success"}}).items():
+        ok = str(code).startswith("2")
+        content = {t: {"schema": body_schema(t)} for t in produces} if ok else {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+        }
+        responses[str(code)] = {"description": response.get("description", ""), "content": content}
+    out["responses"] = responses
+    return out
+
+
+def openapi_spec(swagger2, request_types, response_types):
+    """The OpenAPI 3.0 document of the API whose Swagger 2.0 document is ``swagger2``."""
+    paths = {}
+    for path, item in swagger2.get("paths", {}).items():
+        paths[path] = {}
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            predict = path == PREDICT_PATH and method == "post"
+            operation = _operation(op, response_types if predict else ["application/json"])
+            if predict:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {t: {"schema": body_schema(t)} for t in request_types},
+                }
+            paths[path][method] = operation
+    return {
+        "openapi": "3.0.3",
+        "info": swagger2.get("info", {}),
+        "servers": [{"url": swagger2.get("basePath", "/")}],
+        "tags": swagger2.get("tags", []),
+        "paths": paths,
+        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+    }

@@ -1,0 +1,149 @@
+"""The plugin API: how a model is loaded and how request bytes become predictions.
+
+A plugin is a class with three methods::
+
+    from mlflow_pluggable_scoring_server.plugin import BasePlugin
+
+    class Plugin(BasePlugin):
+        def load_model(self, model_uri):
+            import mlflow.sklearn
+            return mlflow.sklearn.load_model(model_uri)
+
+        def predict(self, model, data):          # data: the request body (bytes)
+            rows = json.loads(data)
+            return model.predict(rows)           # or a JSON string, as in 2020
+
+        def request_content_type(self):
+            return "application/json"            # or a list: ["image/png", "image/jpeg"]
+
+Nothing here knows about HTTP: the server matches media types, negotiates the
+response type and encodes what ``predict`` returns (see ``media.py``).
+"""
+
+import hashlib
+import importlib.util
+import os
+import sys
+from abc import ABCMeta, abstractmethod
+
+from .errors import StartupError
+
+DEFAULT_PLUGIN_CLASS = "plugin.Plugin"
+PLUGIN_METHODS = ("load_model", "predict", "request_content_type")
+
+
+class Payload(bytes):
+    """The request body as bytes, with the media type it was sent as.
+
+    It *is* ``bytes`` (plugins written for the 2020 API keep working); new plugins
+    can read ``data.media_type`` (e.g. ``"image/png"``, parameters stripped) and
+    ``data.media_params`` (e.g. ``{"charset": "utf-8"}``).
+    """
+
+    media_type = None
+    media_params = {}
+
+    def __new__(cls, body, media_type=None, media_params=None):
+        payload = super().__new__(cls, body)
+        payload.media_type = media_type
+        payload.media_params = dict(media_params or {})
+        return payload
+
+
+class BasePlugin(metaclass=ABCMeta):
+    """Base class of every plugin. Subclass it and implement the three abstract methods."""
+
+    @abstractmethod
+    def load_model(self, model_uri):
+        """Load the model once, at start-up.
+
+        :param model_uri: an MLflow model URI (path, ``file:``, ``runs:/``, ``models:/``).
+        :return: the model object handed to every ``predict`` call. Create heavy state
+            (an ONNX session, a Spark session) here, never in ``predict``.
+        """
+
+    @abstractmethod
+    def predict(self, model, data):
+        """Score one request.
+
+        :param model: what ``load_model`` returned.
+        :param data: the request body, a :class:`Payload` (a ``bytes``).
+        :return: a JSON string (2020 style), ``bytes`` sent as they are, or an object
+            the server encodes in the negotiated media type: ``list``/``dict``/scalars,
+            numpy arrays, pandas DataFrames or Series, PIL images (``image/png``).
+            Raise :class:`~mlflow_pluggable_scoring_server.errors.InvalidInput` for input
+            that cannot be scored; any other exception is answered with 500.
+        """
+
+    @abstractmethod
+    def request_content_type(self):
+        """The media type of the request body: a string, or a list of strings.
+
+        Wildcards such as ``"image/*"`` are allowed; parameters are ignored.
+        """
+
+    def response_content_types(self):
+        """The media types ``predict``'s result can be sent as, the default first."""
+        return ["application/json", "text/csv"]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(request_content_type={self.request_content_type()!r})"
+
+
+def request_media_types(plugin):
+    """The plugin's accepted request media types, as a list of lower-case strings."""
+    declared = plugin.request_content_type()
+    types = [declared] if isinstance(declared, str) else list(declared)
+    return [t.split(";", 1)[0].strip().lower() for t in types]
+
+
+def response_media_types(plugin):
+    """The plugin's response media types; 2020-style plugins have no such method."""
+    method = getattr(plugin, "response_content_types", None)
+    types = method() if callable(method) else BasePlugin.response_content_types(plugin)
+    return [t.split(";", 1)[0].strip().lower() for t in types]
+
+
+def load_plugin(path, class_name=DEFAULT_PLUGIN_CLASS):
+    """Import the plugin class ``class_name`` from the Python file ``path`` and instantiate it.
+
+    ``class_name`` is ``module.Class`` as in 2020; only the part after the last dot
+    names the class. The file's folder is put on ``sys.path`` so that a plugin can
+    import its sibling modules. Raises :class:`StartupError` with a one-line reason.
+    """
+    if not os.path.isfile(path):
+        raise StartupError(f"plugin file '{path}' does not exist")
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    # A unique module name: several plugins all called plugin.py can live in one process.
+    module_name = "_msss_plugin_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(module_name, None)
+        raise StartupError(f"plugin file '{path}' failed to import: {type(e).__name__}: {e}") from e
+    return instantiate(getattr(module, class_name.rsplit(".", 1)[-1], None), class_name, path)
+
+
+def instantiate(cls, class_name, where):
+    """Check that ``cls`` is a plugin class and create the plugin."""
+    if cls is None:
+        raise StartupError(f"plugin class '{class_name}' not found in '{where}'")
+    missing = [m for m in PLUGIN_METHODS if not callable(getattr(cls, m, None))]
+    if not isinstance(cls, type) or missing:
+        raise StartupError(
+            f"'{class_name}' in '{where}' is not a plugin: it must be a class defining "
+            + ", ".join(PLUGIN_METHODS)
+            + (f" (missing: {', '.join(missing)})" if missing and isinstance(cls, type) else "")
+        )
+    try:
+        plugin = cls()
+        request_media_types(plugin)
+    except Exception as e:
+        raise StartupError(f"plugin class '{class_name}' cannot be used: {type(e).__name__}: {e}") from e
+    return plugin

@@ -1,0 +1,34 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"', Path("mlflow_pluggable_scoring_server/__init__.py").read_text()).group(1)
+
+setup(
+    name="mlflow-pluggable-scoring-server",
+    version=version,
+    description="Serve MLflow models through plugins: any request body in, JSON, CSV or images out.",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mlflow_pluggable_scoring_server", "mlflow_pluggable_scoring_server.*"]),
+    install_requires=[
+        "mlflow==3.17.2",
+        "flask>=3.0,<4",
+        "flask-restx>=1.3,<2",
+        "gunicorn>=23",
+        "pyyaml>=6",
+        "numpy>=1.26",
+        "pillow>=10",
+    ],
+    extras_require={
+        # What the samples and the test suite need on top of the server.
+        "samples": ["scikit-learn>=1.5", "skl2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.16", "pandas>=2"],
+        "test": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7"],
+    },
+    entry_points={
+        "console_scripts": ["mlflow-pluggable-scoring-server = mlflow_pluggable_scoring_server.webserver:main"],
+    },
+)

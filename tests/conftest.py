@@ -1,0 +1,128 @@
+"""Shared fixtures: the trained sample models, a sqlite Model Registry, real server processes."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "plugin_samples"
+TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+WINE = SAMPLES / "sklearn_wine"
+WINE_ONNX = WINE / "onnx"
+MNIST = SAMPLES / "keras_mnist"
+WINE_JSON = WINE / "data" / "predict-wine-quality.json"
+DIGIT_PNG = MNIST / "data" / "mnist_0_10.png"
+
+START_TIMEOUT = 120  # seconds; a TensorFlow worker takes ~10 s on 2 cores
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A scoring server running as a real process on 127.0.0.1."""
+
+    def __init__(self, argv, port, log_path, env=None):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
+
+    @classmethod
+    def cli(cls, args, log_path, env=None):
+        """The server started by ``python -m mlflow_pluggable_scoring_server.webserver ARGS`` on a free port."""
+        port = free_port()
+        return cls([sys.executable, "-m", "mlflow_pluggable_scoring_server.webserver", *args, "--port", str(port)], port, log_path, env)
+
+    def log(self):
+        return Path(self.log_path).read_text()
+
+    def wait_ready(self, timeout=START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/api/status", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def alive(self):
+        return self.proc.poll() is None and requests.get(self.url + "/api/status", timeout=5).status_code == 200
+
+    def predict(self, body, content_type="application/json", accept=None, path="/api/predict"):
+        headers = {"Content-Type": content_type} if content_type else {}
+        if accept:
+            headers["Accept"] = accept
+        return requests.post(self.url + path, data=body, headers=headers, timeout=60)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def sample_models():
+    """Train the sample models with the project's own script if they are missing."""
+    subprocess.run([sys.executable, str(SAMPLES / "train_samples.py")], check=True, cwd=ROOT)
+    return {"wine": WINE / "model", "onnx": WINE_ONNX / "model", "mnist": MNIST / "model"}
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory):
+    """Start a server with the given CLI args; every server is stopped at the end of the session."""
+    servers = []
+
+    def start(*args, env=None, wait=True):
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        server = Server.cli([str(a) for a in args], log, env=env)
+        servers.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def wine_server(sample_models, start_server):
+    return start_server("--conf", WINE / "conf.yaml")
+
+
+@pytest.fixture(scope="session")
+def onnx_server(sample_models, start_server):
+    return start_server("--conf", WINE_ONNX / "conf.yaml")
+
+
+@pytest.fixture(scope="session")
+def mnist_server(sample_models, start_server):
+    return start_server("--conf", MNIST / "conf.yaml")
+
+
+def run_cli(*args, env=None, timeout=120):
+    """Run the server's CLI to completion (for start-up failures); returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow_pluggable_scoring_server.webserver", *map(str, args)],
+        capture_output=True, text=True, cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,56 @@
+"""Plugins that misbehave on purpose, each around the real wine model."""
+
+import numpy as np
+
+from mlflow_pluggable_scoring_server.decoders import read_split_frame
+from mlflow_pluggable_scoring_server.plugin import BasePlugin
+
+FEATURES = 11
+
+
+class WinePlugin(BasePlugin):
+    def load_model(self, model_uri):
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(model_uri)
+
+    def predict(self, model, data):
+        return model.predict(read_split_frame(data)[:, :FEATURES])
+
+    def request_content_type(self):
+        return "application/json"
+
+
+class Raising(WinePlugin):
+    """Fails with a message that quotes the input: the caller must never see it."""
+
+    def predict(self, model, data):
+        raise RuntimeError(f"model exploded on {data.decode()}")
+
+
+class ReturnsNone(WinePlugin):
+    def predict(self, model, data):
+        return None
+
+
+class Unencodable(WinePlugin):
+    def predict(self, model, data):
+        return {"prediction": object()}
+
+
+class ImageOut(WinePlugin):
+    """Answers with a picture of its predictions (a 1-row grey-level image), or JSON."""
+
+    def predict(self, model, data):
+        from PIL import Image
+
+        levels = np.clip(super().predict(model, data) * 25, 0, 255).astype("uint8")
+        return Image.fromarray(levels.reshape(1, -1), mode="L")
+
+    def response_content_types(self):
+        return ["image/png", "application/json"]
+
+
+class BadLoad(WinePlugin):
+    def load_model(self, model_uri):
+        raise ValueError("this plugin cannot read that model")

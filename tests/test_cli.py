@@ -1,0 +1,125 @@
+"""Start-up: flags, conf files, and one clear line for every way start-up can fail."""
+
+import pytest
+import requests
+
+from conftest import ROOT, TEST_PLUGINS, WINE, WINE_JSON, run_cli
+
+
+def assert_one_line_failure(proc, message):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert message in errors[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--plugin-file", "nope/plugin.py", "--model-uri", WINE / "model"], "plugin file 'nope/plugin.py' does not exist"),
+        (["--plugin-file", TEST_PLUGINS / "third_party.py", "--plugin-class", "plugin.Missing", "--model-uri", WINE / "model"],
+         "plugin class 'plugin.Missing' not found"),
+        (["--plugin-file", TEST_PLUGINS / "not_plugins.py", "--model-uri", WINE / "model"], "is not a plugin"),
+        (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", "no/such/model"],
+         "model URI 'no/such/model' does not resolve"),
+        (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", "file:///no/such/model"], "does not resolve"),
+        (["--plugin-file", TEST_PLUGINS / "third_party.py"], "no model: give --model-uri"),
+        (["--model-uri", WINE / "model"], "no plugin: give --plugin-file"),
+        (["--conf", "no/such/conf.yaml"], "cannot read conf file 'no/such/conf.yaml'"),
+        (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", WINE / "model", "--workers", "0"],
+         "workers must be at least 1"),
+        (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", WINE / "model", "--packages", "surely-no-such-package-xyz==0.0.1"],
+         "installing surely-no-such-package-xyz==0.0.1 failed"),
+    ],
+)
+def test_startup_failures_say_one_line(sample_models, args, message):
+    assert_one_line_failure(run_cli(*args), message)
+
+
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ("port: [5005\n", "is not valid YAML at line"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("plugn: x.py\n", "unknown key(s) plugn"),
+        ("port: high\n", "port must be an integer"),
+        ("logging: {level: LOUD}\nplugin: x\nmodel_uri: y\n", "logging level must be one of"),
+    ],
+)
+def test_bad_conf_files(tmp_path, conf, message):
+    path = tmp_path / "conf.yaml"
+    path.write_text(conf)
+    assert_one_line_failure(run_cli("--conf", path), message)
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("models:/no_such_model/1", "does not resolve"),
+        ("models:/no_such_model@champion", "does not resolve"),
+        ("runs:/0123456789abcdef0123456789abcdef/model", "does not resolve"),
+    ],
+)
+def test_registry_uris_that_do_not_resolve(tmp_path, uri, message):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    proc = run_cli("--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", uri, env=env)
+    assert_one_line_failure(proc, message)
+
+
+def test_model_the_plugin_cannot_load_stops_the_server(sample_models):
+    proc = run_cli("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.BadLoad",
+                   "--model-uri", WINE / "model")
+    assert proc.returncode != 0
+    assert "error: plugin BadLoad cannot load model" in proc.stderr
+    assert "this plugin cannot read that model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_flags_and_conf_file_start_the_same_server(sample_models, start_server):
+    by_conf = start_server("--conf", WINE / "conf.yaml")
+    by_flags = start_server("--host", "127.0.0.1", "--plugin-file", WINE / "plugin.py", "--plugin-class", "plugin.Plugin",
+                            "--model-uri", WINE / "model", "--packages", "pyyaml,numpy")
+    body = WINE_JSON.read_bytes()
+    assert by_conf.predict(body).json() == by_flags.predict(body).json()
+    for server in (by_conf, by_flags):
+        status = requests.get(server.url + "/api/status").json()
+        assert status["plugin"]["file"].endswith("sklearn_wine/plugin.py")
+        assert status["model"]["uri"].endswith("sklearn_wine/model")
+
+
+def test_flags_override_the_conf_file(tmp_path, sample_models, start_server):
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        f"plugin: {TEST_PLUGINS / 'does_not_exist.py'}\n"
+        f"model_uri: {WINE / 'model'}\n"
+        "logging: {level: DEBUG}\n"
+    )
+    server = start_server("--conf", conf, "--plugin-file", WINE / "plugin.py")
+    status = requests.get(server.url + "/api/status").json()
+    assert status["plugin"]["file"].endswith("sklearn_wine/plugin.py")
+    assert status["system"]["current_logging_level"] == "DEBUG"
+    assert status["system"]["current_dir"] == str(ROOT)
+
+
+def test_console_script_is_installed(sample_models):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "mlflow-pluggable-scoring-server"
+    assert script.exists() or shutil.which("mlflow-pluggable-scoring-server")
+    proc = subprocess.run([str(script), "--plugin-file", "nope.py", "--model-uri", "x"], capture_output=True, text=True)
+    assert_one_line_failure(proc, "plugin file 'nope.py' does not exist")
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and "mlflow-pluggable-scoring-server" in version.stdout
+
+
+def test_workers_flag_starts_that_many_worker_processes(sample_models, start_server):
+    server = start_server("--conf", WINE / "conf.yaml", "--workers", "2")
+    with open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children") as f:
+        children = f.read().split()
+    assert len(children) == 2
+    pids = {requests.get(server.url + "/api/status").json()["system"]["pid"] for _ in range(20)}
+    assert pids <= {int(c) for c in children}

@@ -1,0 +1,115 @@
+"""Bad input and failing plugins: the right status, a JSON error, no traceback, the server stays up."""
+
+import io
+
+import pytest
+import requests
+from PIL import Image
+
+from conftest import DIGIT_PNG, TEST_PLUGINS, WINE, WINE_JSON
+
+SECRET = "tell-no-one-42"
+
+
+def assert_error(r, status, error_code, *fragments):
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"error_code", "message"}
+    assert body["error_code"] == error_code
+    for fragment in fragments:
+        assert fragment in body["message"]
+    assert "Traceback" not in r.text and SECRET not in r.text
+
+
+@pytest.mark.parametrize(
+    "body, content_type, accept, status, code, fragment",
+    [
+        (WINE_JSON.read_bytes(), "text/plain", None, 415, "UNSUPPORTED_MEDIA_TYPE", "send one of: application/json"),
+        (WINE_JSON.read_bytes(), None, None, 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type header is missing"),
+        (WINE_JSON.read_bytes(), "application/x-www-form-urlencoded", None, 415, "UNSUPPORTED_MEDIA_TYPE", "not accepted"),
+        (b"", "application/json", None, 400, "BAD_REQUEST", "request body is empty"),
+        (b'{"columns": ["a", ', "application/json", None, 400, "BAD_REQUEST", "not valid JSON"),
+        (b"\xff\xfe" + SECRET.encode(), "application/json", None, 400, "BAD_REQUEST", "not UTF-8"),
+        (b'{"columns": ["alcohol"], "data": [[9.5]]}', "application/json", None, 400, "BAD_REQUEST", "missing columns: fixed acidity"),
+        (b'{"columns": ["x"], "data": [["' + SECRET.encode() + b'"]]}', "application/json", None, 400, "BAD_REQUEST", "must be a number"),
+        (b"[1, 2, 3]", "application/json", None, 400, "BAD_REQUEST", '"split" orientation'),
+        (WINE_JSON.read_bytes(), "application/json", "image/png", 406, "NOT_ACCEPTABLE", "available: application/json, text/csv"),
+    ],
+)
+def test_wine_bad_requests(wine_server, body, content_type, accept, status, code, fragment):
+    assert_error(wine_server.predict(body, content_type=content_type, accept=accept), status, code, fragment)
+    assert wine_server.alive()
+
+
+def truncated_png():
+    return DIGIT_PNG.read_bytes()[:60]
+
+
+def garbage_image():
+    return b"\x89PNG\r\n\x1a\n" + b"\x00" * 40 + SECRET.encode()
+
+
+def gif_image():
+    out = io.BytesIO()
+    Image.new("L", (28, 28)).save(out, format="GIF")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "make_body, content_type, status, code, fragment",
+    [
+        (truncated_png, "image/png", 400, "BAD_REQUEST", "image"),
+        (truncated_png, "application/octet-stream", 400, "BAD_REQUEST", "image"),
+        (garbage_image, "image/png", 400, "BAD_REQUEST", "image"),
+        (lambda: SECRET.encode(), "image/png", 400, "BAD_REQUEST", "not a readable image"),
+        (gif_image, "image/png", 400, "BAD_REQUEST", "format GIF is not accepted"),
+        (lambda: b"", "image/png", 400, "BAD_REQUEST", "empty"),
+        (lambda: DIGIT_PNG.read_bytes(), "application/json", 415, "UNSUPPORTED_MEDIA_TYPE", "image/png"),
+    ],
+)
+def test_mnist_bad_images(mnist_server, make_body, content_type, status, code, fragment):
+    assert_error(mnist_server.predict(make_body(), content_type=content_type), status, code, fragment)
+    assert mnist_server.alive()
+
+
+def test_http_level_errors_are_json(wine_server):
+    assert_error(requests.get(wine_server.url + "/api/nothing-here"), 404, "NOT_FOUND", "/api/nothing-here")
+    assert_error(requests.get(wine_server.url + "/api/predict"), 405, "METHOD_NOT_ALLOWED", "GET")
+    assert_error(requests.delete(wine_server.url + "/api/status"), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_body_over_the_limit_is_413(sample_models, start_server):
+    server = start_server("--conf", WINE / "conf.yaml", "--max-request-bytes", "1000")
+    big = b'{"columns": ["a"], "data": [' + b"[1]," * 1000 + b"[1]]}"
+    assert_error(server.predict(big), 413, "REQUEST_ENTITY_TOO_LARGE", "1000 bytes")
+    assert server.predict(WINE_JSON.read_bytes()).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def behaviour_server(sample_models, start_server):
+    def start(class_name):
+        return start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", f"behaviours.{class_name}",
+                            "--model-uri", WINE / "model")
+    return start
+
+
+@pytest.mark.parametrize("class_name", ["Raising", "ReturnsNone", "Unencodable"])
+def test_failing_plugin_is_500_and_logged_with_traceback(behaviour_server, class_name):
+    server = behaviour_server(class_name)
+    body = WINE_JSON.read_bytes().replace(b"quality", SECRET.encode())
+    for _ in range(3):
+        assert_error(server.predict(body), 500, "INTERNAL_SERVER_ERROR", "server log")
+    assert server.alive()
+    assert server.predict(body).status_code == 500  # still the same answer, still up
+    assert "Traceback" in server.log()
+
+
+def test_plugin_answering_with_an_image(behaviour_server):
+    server = behaviour_server("ImageOut")
+    r = server.predict(WINE_JSON.read_bytes())
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (3, 1)
+    as_json = server.predict(WINE_JSON.read_bytes(), accept="application/json")
+    assert as_json.status_code == 200 and as_json.headers["Content-Type"] == "application/json"
+    assert_error(server.predict(WINE_JSON.read_bytes(), accept="text/csv"), 406, "NOT_ACCEPTABLE", "image/png")

@@ -1,0 +1,79 @@
+"""Model URIs through a real sqlite-backed MLflow Model Registry: runs:/, models:/ by version, alias, stage."""
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import DIGIT_PNG, MNIST, TEST_PLUGINS, WINE, WINE_JSON, WINE_ONNX
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, sample_models):
+    """Log each sample model to a run, register it, and give it an alias and a stage."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient(uri)
+        experiment = client.create_experiment("samples", artifact_location=(folder / "artifacts").as_uri())
+        runs = {}
+        for name, path in (("wine", WINE / "model"), ("wine_onnx", WINE_ONNX / "model"), ("mnist", MNIST / "model")):
+            with mlflow.start_run(experiment_id=experiment) as run:
+                mlflow.log_artifacts(str(path), artifact_path="model")
+            runs[name] = run.info.run_id
+            version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
+            client.set_registered_model_alias(name, "champion", version)
+            client.transition_model_version_stage(name, version, "Production")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return {"env": {"MLFLOW_TRACKING_URI": uri}, "runs": runs}
+
+
+@pytest.fixture(scope="module")
+def expected_wine(wine_server):
+    return wine_server.predict(WINE_JSON.read_bytes()).json()
+
+
+@pytest.mark.parametrize("uri", ["models:/wine/1", "models:/wine@champion", "models:/wine/Production", "models:/wine/latest", "runs"])
+def test_wine_by_registry_uri(registry, start_server, expected_wine, uri):
+    if uri == "runs":
+        uri = f"runs:/{registry['runs']['wine']}/model"
+    server = start_server("--plugin-file", WINE / "plugin.py", "--model-uri", uri, env=registry["env"])
+    r = server.predict(WINE_JSON.read_bytes())
+    assert r.status_code == 200
+    assert np.allclose(r.json(), expected_wine, rtol=1e-6)
+    assert requests.get(server.url + "/api/status").json()["model"]["uri"] == uri
+
+
+def test_onnx_and_mnist_by_alias(registry, start_server, expected_wine):
+    onnx = start_server("--plugin-file", WINE_ONNX / "plugin.py", "--model-uri", "models:/wine_onnx@champion", env=registry["env"])
+    assert np.allclose(onnx.predict(WINE_JSON.read_bytes()).json(), expected_wine, atol=1e-4)
+    mnist = start_server("--plugin-file", MNIST / "plugin.py", "--model-uri", "models:/mnist/1", env=registry["env"])
+    r = mnist.predict(DIGIT_PNG.read_bytes(), content_type="image/png")
+    assert int(np.argmax(r.json()[0])) == 0
+
+
+def test_file_uri(sample_models, start_server, expected_wine):
+    server = start_server("--plugin-file", WINE / "plugin.py", "--model-uri", (WINE / "model").as_uri())
+    assert np.allclose(server.predict(WINE_JSON.read_bytes()).json(), expected_wine, rtol=1e-6)
+
+
+def test_relative_file_uri_as_in_2020(sample_models, start_server, expected_wine):
+    server = start_server("--plugin-file", WINE / "plugin.py", "--model-uri", "file:plugin_samples/sklearn_wine/model")
+    assert np.allclose(server.predict(WINE_JSON.read_bytes()).json(), expected_wine, rtol=1e-6)
+
+
+def test_2020_style_plugin_served_from_the_registry(registry, start_server, expected_wine):
+    server = start_server("--plugin-file", TEST_PLUGINS / "legacy_wine.py", "--model-uri", "models:/wine@champion",
+                          env=registry["env"])
+    r = server.predict(WINE_JSON.read_bytes(), content_type="application/json")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    assert np.allclose(r.json(), expected_wine, rtol=1e-6)
+    csv = server.predict(WINE_JSON.read_bytes(), accept="text/csv")
+    assert np.allclose([float(x) for x in csv.text.split()], expected_wine, rtol=1e-6)
+    broken = server.predict(b'{"columns": [', content_type="application/json")
+    assert broken.status_code == 400 and broken.json()["error_code"] == "BAD_REQUEST"

@@ -1,0 +1,47 @@
+"""The API's OpenAPI 3 document and Swagger UI, as served."""
+
+import pytest
+import requests
+from openapi_spec_validator import validate
+
+
+@pytest.fixture(scope="module")
+def mnist_spec(mnist_server):
+    r = requests.get(mnist_server.url + "/api/swagger")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    return r.json()
+
+
+def test_spec_is_valid_openapi_3(mnist_spec):
+    validate(mnist_spec)
+    assert mnist_spec["openapi"].startswith("3.")
+    assert {"/api/predict", "/api/status"} <= set(mnist_spec["paths"])
+
+
+def test_image_plugin_body_is_binary_so_the_ui_offers_a_file_picker(mnist_spec):
+    content = mnist_spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert list(content) == ["image/png", "image/jpeg", "application/octet-stream"]
+    assert all(media["schema"] == {"type": "string", "format": "binary"} for media in content.values())
+
+
+def test_predict_documents_responses_and_errors(mnist_spec):
+    responses = mnist_spec["paths"]["/api/predict"]["post"]["responses"]
+    assert list(responses["200"]["content"]) == ["application/json", "text/csv"]
+    for status in ("400", "406", "413", "415", "500"):
+        assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+def test_json_plugin_body_is_json(wine_server):
+    spec = requests.get(wine_server.url + "/api/swagger").json()
+    validate(spec)
+    assert list(spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]) == ["application/json"]
+
+
+def test_swagger_ui_is_served_offline_and_reads_the_spec(mnist_server):
+    page = requests.get(mnist_server.url + "/api/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert '"/api/swagger"' in page.text or "'/api/swagger'" in page.text or "/api/swagger" in page.text
+    bundle = [line for line in page.text.split('"') if line.endswith("swagger-ui-bundle.js")][0]
+    assert requests.get(mnist_server.url + bundle).status_code == 200
+    root = requests.get(mnist_server.url + "/", allow_redirects=False)
+    assert root.status_code == 302 and root.headers["Location"].endswith("/api/docs")
