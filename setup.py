@@ -29,6 +29,6 @@ setup(
         "test": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7"],
     },
     entry_points={
-        "console_scripts": ["mlflow-pluggable-scoring-server = mlflow_pluggable_scoring_server.webserver:main"],
+        "console_scripts": ["mlflow-pluggable-scoring-server = mlflow_pluggable_scoring_server.cli:main"],
     },
 )

@@ -41,6 +41,7 @@ def error_body(e):
 def create_app(scorer, settings):
     """Build the Flask app serving ``scorer`` with the given :class:`~.config.Settings`."""
     app = Flask(__name__)
+    app.json.sort_keys = False  # keep the plugin's order of media types in the spec
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         RESTX_ERROR_404_HELP=False,

@@ -22,7 +22,7 @@ def _doc(text, **kwargs):
 class Settings:
     host: str = _doc("Address to listen on; 0.0.0.0 to accept other machines.", default="127.0.0.1")
     port: int = _doc("Port to listen on.", default=5005)
-    plugin: str = _doc("Path of the plugin's Python file (--plugin-file).", default=None)
+    plugin: str = _doc("Path of the plugin's Python file.", default=None)
     plugin_class: str = _doc("Plugin class in that file, as module.Class.", default=DEFAULT_PLUGIN_CLASS)
     model_uri: str = _doc("MLflow model URI: a path, file:, runs:/, models:/name/version|stage, models:/name@alias.", default=None)
     packages: list = _doc("Extra pip packages the plugin needs, installed before start-up.", default_factory=list)

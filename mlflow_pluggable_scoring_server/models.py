@@ -43,7 +43,9 @@ def check_model_uri(model_uri):
         if scheme == "models":
             from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-            get_model_name_and_version(client, model_uri)
+            name_and_version = get_model_name_and_version(client, model_uri)
+            if len(name_and_version) == 2:  # a version number is parsed, not looked up
+                client.get_model_version(*name_and_version)
         else:
             from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
@@ -52,3 +54,16 @@ def check_model_uri(model_uri):
     except MlflowException as e:
         reason = str(e.message).strip().splitlines()[0]
         raise StartupError(f"model URI '{model_uri}' does not resolve: {reason}") from None
+
+
+def fetch_model(model_uri):
+    """Fetch a model's files once and read its MLmodel: returns ``(local path, mlflow.models.Model)``.
+
+    For plugins: a local path or ``file:`` URI is used in place; a registry or run URI
+    is downloaded once, so that the flavor loader and the signature read the same copy.
+    """
+    import mlflow.artifacts
+    from mlflow.models import Model
+
+    path = mlflow.artifacts.download_artifacts(model_uri)
+    return path, Model.load(path)

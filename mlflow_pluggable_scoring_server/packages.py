@@ -25,5 +25,5 @@ def install_packages(packages):
     cmd = installer_command(packages)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        output = (proc.stderr or proc.stdout).strip()
+        output = "\n".join("  | " + line for line in (proc.stderr or proc.stdout).strip().splitlines())
         raise StartupError(f"installing {', '.join(packages)} failed ({os.path.basename(cmd[0])} exit {proc.returncode}):\n{output}")

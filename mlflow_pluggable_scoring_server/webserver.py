@@ -31,11 +31,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="mlflow-pluggable-scoring-server",
         description="Serve an MLflow model through a plugin. Flags override the conf file.",
+        epilog="Other commands: `mlflow-pluggable-scoring-server commands` lists them.",
     )
     p.add_argument("--conf", help="YAML conf file with any of the keys below.")
     p.add_argument("--host", help=doc("host"))
     p.add_argument("--port", type=int, help=doc("port"))
-    p.add_argument("--plugin-file", dest="plugin", help=doc("plugin"))
+    p.add_argument("--plugin-file", dest="plugin", metavar="FILE", help=doc("plugin"))
     p.add_argument("--plugin-class", help=doc("plugin_class"))
     p.add_argument("--model-uri", help=doc("model_uri"))
     p.add_argument("--packages", help=doc("packages") + " Comma-separated.")

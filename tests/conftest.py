@@ -1,6 +1,7 @@
 """Shared fixtures: the trained sample models, a sqlite Model Registry, real server processes."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +38,9 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
+        # A session of its own: stopping the server stops whatever it started (workers, a shell's children).
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
 
     @classmethod
     def cli(cls, args, log_path, env=None):
@@ -56,7 +59,7 @@ class Server:
             try:
                 if requests.get(self.url + "/api/status", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not bound yet, or model still loading
                 pass
             time.sleep(0.2)
         self.stop()
@@ -73,11 +76,11 @@ class Server:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.terminate()
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
 

@@ -112,8 +112,11 @@ def test_console_script_is_installed(sample_models):
     assert script.exists() or shutil.which("mlflow-pluggable-scoring-server")
     proc = subprocess.run([str(script), "--plugin-file", "nope.py", "--model-uri", "x"], capture_output=True, text=True)
     assert_one_line_failure(proc, "plugin file 'nope.py' does not exist")
-    version = subprocess.run([str(script), "--version"], capture_output=True, text=True)
-    assert version.returncode == 0 and "mlflow-pluggable-scoring-server" in version.stdout
+    for args in (["--version"], ["serve", "--version"]):
+        version = subprocess.run([str(script), *args], capture_output=True, text=True)
+        assert version.returncode == 0 and "mlflow-pluggable-scoring-server" in version.stdout
+    commands = subprocess.run([str(script), "commands"], capture_output=True, text=True)
+    assert commands.returncode == 0 and "serve " in commands.stdout
 
 
 def test_workers_flag_starts_that_many_worker_processes(sample_models, start_server):

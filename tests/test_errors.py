@@ -30,7 +30,7 @@ def assert_error(r, status, error_code, *fragments):
         (WINE_JSON.read_bytes(), "application/x-www-form-urlencoded", None, 415, "UNSUPPORTED_MEDIA_TYPE", "not accepted"),
         (b"", "application/json", None, 400, "BAD_REQUEST", "request body is empty"),
         (b'{"columns": ["a", ', "application/json", None, 400, "BAD_REQUEST", "not valid JSON"),
-        (b"\xff\xfe" + SECRET.encode(), "application/json", None, 400, "BAD_REQUEST", "not UTF-8"),
+        (b"\xc3\x28" + SECRET.encode(), "application/json", None, 400, "BAD_REQUEST", "not UTF-8"),
         (b'{"columns": ["alcohol"], "data": [[9.5]]}', "application/json", None, 400, "BAD_REQUEST", "missing columns: fixed acidity"),
         (b'{"columns": ["x"], "data": [["' + SECRET.encode() + b'"]]}', "application/json", None, 400, "BAD_REQUEST", "must be a number"),
         (b"[1, 2, 3]", "application/json", None, 400, "BAD_REQUEST", '"split" orientation'),

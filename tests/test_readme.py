@@ -4,9 +4,9 @@ Each ```bash block is preceded by a marker saying how it is checked:
 
     <!-- test: quickstart -->      the set-up-and-serve command; run with --port, then scored
     <!-- test: ci -->              the test command; .ci/run must run exactly it
-    <!-- test: start -->           a server command; run with --port until ready
-    <!-- test: curl SERVER -->     curl calls against a sample server; output compared with the
-                                   block after it (numbers to 1e-5)
+    <!-- test: start -->           commands whose last one starts a server; run with --port until ready
+    <!-- test: curl SERVER [TOL] --> curl calls against a sample server; output compared with
+                                   the block after it (numbers to TOL, by default 1e-5)
     <!-- test: curl-keys SERVER --> the same, comparing only the JSON keys
     <!-- test: run -->             run as it is; must exit 0
 """
@@ -23,7 +23,7 @@ import pytest
 from conftest import ROOT, WINE_JSON, Server, free_port
 
 README = ROOT / "README.md"
-MARKER = re.compile(r"<!-- test: (\S+)(?: (\S+))? -->")
+MARKER = re.compile(r"<!-- test: (\S+)(?: (\S+))?(?: (\S+))? -->")
 DEFAULT_URL = "http://127.0.0.1:5005"
 SERVERS = {"wine": "wine_server", "onnx": "onnx_server", "mnist": "mnist_server"}
 
@@ -90,11 +90,12 @@ def test_ci_runs_the_documented_test_command(block):
 
 @pytest.mark.parametrize("block", blocks_of("quickstart", "start"))
 def test_server_commands_start_a_server(block, sample_models, tmp_path):
-    (kind, _), commands, _, _ = block
-    assert len(commands) == 1
+    """The last command starts the server (on a free port); the ones before it prepare."""
+    (kind, _, _), commands, _, _ = block
+    for command in commands[:-1]:
+        run_shell(command)
     port = free_port()
-    # exec: the shell becomes the server, so stopping it stops the server.
-    server = Server(["bash", "-c", f"exec {commands[0]} --port {port}"], port, tmp_path / "server.log", env=shell_env())
+    server = Server(["bash", "-c", f"{commands[-1]} --port {port}"], port, tmp_path / "server.log", env=shell_env())
     try:
         server.wait_ready(timeout=600 if kind == "quickstart" else 120)
         if kind == "quickstart":
@@ -106,7 +107,7 @@ def test_server_commands_start_a_server(block, sample_models, tmp_path):
 
 @pytest.mark.parametrize("block", blocks_of("curl", "curl-keys"))
 def test_curl_examples_answer_what_the_readme_shows(block, request):
-    (kind, server_name), commands, expected, line = block
+    (kind, server_name, tolerance), commands, expected, line = block
     server = request.getfixturevalue(SERVERS[server_name])
     assert expected is not None, f"curl block at line {line} shows no output"
     outputs = []
@@ -116,38 +117,64 @@ def test_curl_examples_answer_what_the_readme_shows(block, request):
                               cwd=ROOT, env=shell_env(), timeout=60)
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout.strip())
-    assert_same_output("\n".join(outputs), expected, keys_only=kind == "curl-keys")
+    # One command: its whole output is the block; several: a line of the block each.
+    expected_outputs = [expected] if len(commands) == 1 else expected.splitlines()
+    assert len(expected_outputs) == len(outputs)
+    for actual, shown in zip(outputs, expected_outputs):
+        assert_same_output(actual, shown, float(tolerance or 1e-5), keys_only=kind == "curl-keys")
 
 
 @pytest.mark.parametrize("block", blocks_of("run"))
 def test_plain_commands_succeed(block):
     _, commands, _, _ = block
     for command in commands:
-        proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, env=shell_env(), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        run_shell(command)
 
 
-def assert_same_output(actual, expected, keys_only=False):
+def run_shell(command):
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, env=shell_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def assert_same_output(actual, expected, tolerance, keys_only=False):
     try:
         actual_doc, expected_doc = json.loads(actual), json.loads(expected)
     except ValueError:
         actual_doc = [[float(x) for x in row.split(",")] for row in actual.split()]
         expected_doc = [[float(x) for x in row.split(",")] for row in expected.split()]
-    assert_same(actual_doc, expected_doc, keys_only)
+    assert_same(actual_doc, expected_doc, tolerance, keys_only)
 
 
-def assert_same(actual, expected, keys_only, path="$"):
+def assert_same(actual, expected, tolerance, keys_only, path="$"):
     if isinstance(expected, dict):
         assert isinstance(actual, dict) and set(actual) == set(expected), f"{path}: keys {set(actual)} != {set(expected)}"
         for key in expected:
-            assert_same(actual[key], expected[key], keys_only, f"{path}.{key}")
+            assert_same(actual[key], expected[key], tolerance, keys_only, f"{path}.{key}")
     elif keys_only:
         return
     elif isinstance(expected, list):
         assert isinstance(actual, list) and len(actual) == len(expected), f"{path}: {actual} != {expected}"
         for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_same(a, e, keys_only, f"{path}[{i}]")
+            assert_same(a, e, tolerance, keys_only, f"{path}[{i}]")
     elif isinstance(expected, float):
-        assert actual == pytest.approx(expected, rel=1e-5, abs=1e-7), f"{path}: {actual} != {expected}"
+        assert actual == pytest.approx(expected, rel=tolerance, abs=tolerance / 100), f"{path}: {actual} != {expected}"
     else:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
+def python_blocks(kind):
+    """``(arg, source)`` of the ```python blocks marked ``<!-- test: KIND ARG -->``."""
+    text = README.read_text()
+    return re.findall(r"<!-- test: " + kind + r" (\S+) -->\n```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.parametrize("sample, source", python_blocks("plugin"))
+def test_plugin_example_serves_the_sample_model(sample, source, sample_models, start_server, tmp_path):
+    assert sample == "wine"
+    (tmp_path / "plugin.py").write_text(source)
+    server = start_server("--plugin-file", tmp_path / "plugin.py", "--model-uri", sample_models["wine"])
+    doc = json.loads(WINE_JSON.read_text())
+    features = {"columns": doc["columns"][:-1], "data": [row[:-1] for row in doc["data"]]}
+    assert doc["columns"][-1] == "quality"
+    r = server.predict(json.dumps(features))
+    assert r.status_code == 200 and len(r.json()) == 3

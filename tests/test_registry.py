@@ -1,35 +1,25 @@
 """Model URIs through a real sqlite-backed MLflow Model Registry: runs:/, models:/ by version, alias, stage."""
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import requests
 
-from conftest import DIGIT_PNG, MNIST, TEST_PLUGINS, WINE, WINE_JSON, WINE_ONNX
+from conftest import DIGIT_PNG, MNIST, SAMPLES, TEST_PLUGINS, WINE, WINE_JSON, WINE_ONNX
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, sample_models):
-    """Log each sample model to a run, register it, and give it an alias and a stage."""
-    import mlflow
-    from mlflow import MlflowClient
-
+    """A sqlite registry with the samples registered by the project's own script."""
     folder = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{folder}/mlflow.db"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        client = MlflowClient(uri)
-        experiment = client.create_experiment("samples", artifact_location=(folder / "artifacts").as_uri())
-        runs = {}
-        for name, path in (("wine", WINE / "model"), ("wine_onnx", WINE_ONNX / "model"), ("mnist", MNIST / "model")):
-            with mlflow.start_run(experiment_id=experiment) as run:
-                mlflow.log_artifacts(str(path), artifact_path="model")
-            runs[name] = run.info.run_id
-            version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
-            client.set_registered_model_alias(name, "champion", version)
-            client.transition_model_version_stage(name, version, "Production")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    proc = subprocess.run([sys.executable, str(SAMPLES / "register_samples.py"), "--tracking-uri", uri],
+                          capture_output=True, text=True, cwd=folder, check=True)
+    runs = dict(re.findall(r"^(\w+): version 1, run (\w+)$", proc.stdout, re.M))
+    assert set(runs) == {"sklearn_wine", "onnx_wine", "keras_mnist"}, proc.stdout
     return {"env": {"MLFLOW_TRACKING_URI": uri}, "runs": runs}
 
 
@@ -38,10 +28,10 @@ def expected_wine(wine_server):
     return wine_server.predict(WINE_JSON.read_bytes()).json()
 
 
-@pytest.mark.parametrize("uri", ["models:/wine/1", "models:/wine@champion", "models:/wine/Production", "models:/wine/latest", "runs"])
+@pytest.mark.parametrize("uri", ["models:/sklearn_wine/1", "models:/sklearn_wine@champion", "models:/sklearn_wine/Production", "models:/sklearn_wine/latest", "runs"])
 def test_wine_by_registry_uri(registry, start_server, expected_wine, uri):
     if uri == "runs":
-        uri = f"runs:/{registry['runs']['wine']}/model"
+        uri = f"runs:/{registry['runs']['sklearn_wine']}/model"
     server = start_server("--plugin-file", WINE / "plugin.py", "--model-uri", uri, env=registry["env"])
     r = server.predict(WINE_JSON.read_bytes())
     assert r.status_code == 200
@@ -50,9 +40,9 @@ def test_wine_by_registry_uri(registry, start_server, expected_wine, uri):
 
 
 def test_onnx_and_mnist_by_alias(registry, start_server, expected_wine):
-    onnx = start_server("--plugin-file", WINE_ONNX / "plugin.py", "--model-uri", "models:/wine_onnx@champion", env=registry["env"])
+    onnx = start_server("--plugin-file", WINE_ONNX / "plugin.py", "--model-uri", "models:/onnx_wine@champion", env=registry["env"])
     assert np.allclose(onnx.predict(WINE_JSON.read_bytes()).json(), expected_wine, atol=1e-4)
-    mnist = start_server("--plugin-file", MNIST / "plugin.py", "--model-uri", "models:/mnist/1", env=registry["env"])
+    mnist = start_server("--plugin-file", MNIST / "plugin.py", "--model-uri", "models:/keras_mnist/1", env=registry["env"])
     r = mnist.predict(DIGIT_PNG.read_bytes(), content_type="image/png")
     assert int(np.argmax(r.json()[0])) == 0
 
@@ -68,7 +58,7 @@ def test_relative_file_uri_as_in_2020(sample_models, start_server, expected_wine
 
 
 def test_2020_style_plugin_served_from_the_registry(registry, start_server, expected_wine):
-    server = start_server("--plugin-file", TEST_PLUGINS / "legacy_wine.py", "--model-uri", "models:/wine@champion",
+    server = start_server("--plugin-file", TEST_PLUGINS / "legacy_wine.py", "--model-uri", "models:/sklearn_wine@champion",
                           env=registry["env"])
     r = server.predict(WINE_JSON.read_bytes(), content_type="application/json")
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"

@@ -1,0 +1,39 @@
+"""Sample plugin: the wine forest exported to ONNX, run with ONNX Runtime.
+
+Same request and response as ``../plugin.py``: a JSON table in pandas' "split"
+orientation in, one predicted quality per row out.
+"""
+
+from typing import NamedTuple
+
+from mlflow_pluggable_scoring_server.decoders import read_split_frame
+from mlflow_pluggable_scoring_server.models import fetch_model
+from mlflow_pluggable_scoring_server.plugin import BasePlugin
+
+
+class WineSession(NamedTuple):
+    session: object  # an onnxruntime.InferenceSession, created once per worker
+    input_name: str
+    features: list  # the feature columns, in the order the model expects them
+
+
+class Plugin(BasePlugin):
+    def load_model(self, model_uri):
+        import mlflow.onnx
+        import onnxruntime
+
+        path, mlmodel = fetch_model(model_uri)
+        options = onnxruntime.SessionOptions()
+        # One thread per session: several gunicorn workers share the cores.
+        options.intra_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            mlflow.onnx.load_model(path).SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        return WineSession(session, session.get_inputs()[0].name, mlmodel.signature.inputs.input_names())
+
+    def predict(self, model, data):
+        x = read_split_frame(data, columns=model.features, dtype="float32")
+        return model.session.run(None, {model.input_name: x})[0].ravel()
+
+    def request_content_type(self):
+        return "application/json"

@@ -1,0 +1,31 @@
+"""Sample plugin: white-wine quality from a scikit-learn forest, for a JSON table.
+
+The request is pandas' "split" orientation (``data/predict-wine-quality.json``); the
+feature columns are read by name, so their order does not matter and a ``quality``
+column is ignored. The response is one predicted quality per row.
+"""
+
+from typing import NamedTuple
+
+from mlflow_pluggable_scoring_server.decoders import read_split_frame
+from mlflow_pluggable_scoring_server.models import fetch_model
+from mlflow_pluggable_scoring_server.plugin import BasePlugin
+
+
+class WineForest(NamedTuple):
+    forest: object
+    features: list  # the feature columns, in the order the forest was trained on
+
+
+class Plugin(BasePlugin):
+    def load_model(self, model_uri):
+        import mlflow.sklearn
+
+        path, mlmodel = fetch_model(model_uri)
+        return WineForest(mlflow.sklearn.load_model(path), mlmodel.signature.inputs.input_names())
+
+    def predict(self, model, data):
+        return model.forest.predict(read_split_frame(data, columns=model.features))
+
+    def request_content_type(self):
+        return "application/json"
