@@ -4,42 +4,73 @@ It moves bytes and headers in and out and turns every error into
 ``{"error_code": ..., "message": ...}``; what the request means is ``scoring.py``'s job.
 """
 
+import hmac
 import logging
 import os
 import sys
+import time
 from http import HTTPStatus
 
-from flask import Flask, Response, jsonify, redirect, request
+from flask import Flask, Response, g, jsonify, redirect, request
 from flask_restx import Api, Resource
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
-from .errors import ScoringError
+from .errors import NotReady, ScoringError, Unauthorized
 from .openapi import openapi_spec
 
 logger = logging.getLogger(__name__)
 
 
 def error_body(e):
-    """The JSON body and status of any error; never a traceback, never the input."""
+    """The JSON body, status and headers of any error; never a traceback, never the input."""
+    headers = {}
     if isinstance(e, ScoringError):
         status, message = e.status_code, e.message
     elif isinstance(e, HTTPException):
+        headers = {k: v for k, v in e.get_headers() if k.lower() == "allow"}
         status = HTTPStatus(e.code)
+        # Nothing of the request is echoed, not even its path.
         message = {
-            HTTPStatus.NOT_FOUND: f"no such endpoint: {request.method} {request.path}",
-            HTTPStatus.METHOD_NOT_ALLOWED: f"method {request.method} is not allowed on {request.path}",
+            HTTPStatus.NOT_FOUND: "no such endpoint; the API is described at /api/swagger",
+            HTTPStatus.METHOD_NOT_ALLOWED: "method not allowed here; allowed: "
+            + ", ".join(sorted(set(getattr(e, "valid_methods", None) or []) - {"HEAD", "OPTIONS"})),
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "request body is larger than the server's limit "
             f"of {request.max_content_length} bytes",
         }.get(status, e.description)
     else:
         logger.error("unexpected error on %s %s", request.method, request.path, exc_info=e)
         status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error"
-    return {"error_code": status.name, "message": message}, status
+    return {"error_code": status.name, "message": message}, status, headers
 
 
-def create_app(scorer, settings):
-    """Build the Flask app serving ``scorer`` with the given :class:`~.config.Settings`."""
+def request_body(limit):
+    """The request body; 413 when it is over ``limit`` bytes, chunked bodies included."""
+    if request.content_length is not None:
+        return request.get_data(cache=False)  # werkzeug refuses a long Content-Length unread
+    body = request.environ["wsgi.input"].read(limit + 1)  # werkzeug would cut it short silently
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
+
+
+def endpoint_group(path):
+    """The group an endpoint belongs to, for ``public_endpoints``: health, metrics, docs or api."""
+    if path.startswith("/api/health/"):
+        return "health"
+    if path == "/metrics":
+        return "metrics"
+    if path in ("/", "/api/docs", "/api/swagger", "/api/swagger2.json") or path.startswith("/swaggerui/"):
+        return "docs"
+    return "api"
+
+
+def create_app(scorer, settings, metrics=None, token=None):
+    """Build the Flask app serving ``scorer`` with the given :class:`~.config.Settings`.
+
+    ``metrics``: a :class:`~.metrics.Metrics` to record into and serve at ``/metrics``.
+    ``token``: the bearer token callers must send, or None for no auth.
+    """
     app = Flask(__name__)
     app.json.sort_keys = False  # keep the plugin's order of media types in the spec
     app.config.update(
@@ -61,8 +92,36 @@ def create_app(scorer, settings):
 
     @app.errorhandler(HTTPException)
     def http_error(e):
-        body, status = error_body(e)
-        return jsonify(body), status
+        body, status, headers = error_body(e)
+        return jsonify(body), status, headers
+
+    if token:
+        expected = f"Bearer {token}".encode()
+        challenge = 'Bearer realm="mlflow-pluggable-scoring-server"'
+
+        @app.before_request
+        def authenticate():
+            if endpoint_group(request.path) in settings.public_endpoints:
+                return None
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                body, status, _ = error_body(Unauthorized("send the server's token as 'Authorization: Bearer <token>'"))
+                return jsonify(body), status, {"WWW-Authenticate": challenge}
+            return None
+
+    if metrics:
+        app.before_request(lambda: setattr(g, "started", time.perf_counter()))
+
+        @app.after_request
+        def record(response):
+            rule = request.url_rule.rule if request.url_rule else "unmatched"
+            metrics.observe(rule, request.method, response.status_code, time.perf_counter() - g.get("started", time.perf_counter()))
+            return response
+
+        @app.get("/metrics")
+        def prometheus():
+            body, content_type = metrics.render()
+            return Response(body, content_type=content_type)
 
     ns = api.namespace("api", description="Scoring", path="/api")
 
@@ -76,12 +135,16 @@ def create_app(scorer, settings):
         def post(self):
             try:
                 body, media_type = scorer.score(
-                    request.get_data(cache=False),
+                    request_body(settings.max_request_bytes),
                     request.headers.get("Content-Type"),
                     request.headers.get("Accept"),
                 )
             except ScoringError as e:  # already logged where it happened
+                if metrics:
+                    metrics.prediction_errors.labels(e.error_code).inc()
                 return error_body(e)
+            if metrics:
+                metrics.batch_size.observe(1)
             return Response(body, status=200, content_type=media_type)
 
     @ns.route("/status")
@@ -103,8 +166,25 @@ def create_app(scorer, settings):
                     "request_content_types": scorer.request_types,
                     "response_content_types": scorer.response_types,
                 },
-                "model": {"uri": settings.model_uri},
+                "model": {"uri": settings.model_uri, "ready": scorer.ready.is_set()},
             }
+
+    @ns.route("/health/live")
+    class Live(Resource):
+        @ns.doc(description="Liveness: 200 while the worker process answers.")
+        def get(self):
+            return {"status": "alive"}
+
+    @ns.route("/health/ready")
+    class Ready(Resource):
+        @ns.doc(
+            description="Readiness: 200 once the model is loaded and predictions are served, 503 before.",
+            responses={200: "Ready", 503: "Model still loading"},
+        )
+        def get(self):
+            if scorer.ready.is_set():
+                return {"status": "ready"}
+            return error_body(NotReady("the model is still loading"))
 
     spec = {}
 
@@ -131,8 +211,11 @@ class ScoringApi(Api):
 _PREDICT_STATUSES = (
     HTTPStatus.OK,
     HTTPStatus.BAD_REQUEST,
+    HTTPStatus.UNAUTHORIZED,
     HTTPStatus.NOT_ACCEPTABLE,
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     HTTPStatus.INTERNAL_SERVER_ERROR,
+    HTTPStatus.SERVICE_UNAVAILABLE,
+    HTTPStatus.GATEWAY_TIMEOUT,
 )

@@ -8,10 +8,13 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
+from .envs import ENV_MANAGERS, default_env_manager
 from .errors import StartupError
 from .plugin import DEFAULT_PLUGIN_CLASS
 
 DEFAULT_LOG_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
+AUTH_TOKEN_ENV = "MLFLOW_PSS_AUTH_TOKEN"
+ENDPOINT_GROUPS = ("health", "metrics", "docs")
 
 
 def _doc(text, **kwargs):
@@ -26,9 +29,42 @@ class Settings:
     plugin_class: str = _doc("Plugin class in that file, as module.Class.", default=DEFAULT_PLUGIN_CLASS)
     model_uri: str = _doc("MLflow model URI: a path, file:, runs:/, models:/name/version|stage, models:/name@alias.", default=None)
     packages: list = _doc("Extra pip packages the plugin needs, installed before start-up.", default_factory=list)
+    env_manager: str = _doc(
+        "Where packages go: uv or virtualenv build a cached environment and run the server in it;"
+        " local installs them into the server's own environment. Default: uv when there is one.",
+        default_factory=default_env_manager,
+    )
+    install_model_requirements: bool = _doc(
+        "Also install the requirements.txt that MLflow saved with the model, with the packages.",
+        default=False,
+    )
     workers: int = _doc("Worker processes; each loads its own copy of the model.", default=1)
     max_request_bytes: int = _doc("Largest request body accepted; larger ones get 413.", default=16 * 1024 * 1024)
+    max_image_pixels: int = _doc("Largest image (width x height) a plugin may decode; larger ones get 400.", default=25_000_000)
+    request_timeout: float = _doc("Seconds a prediction may take; slower ones get 504.", default=60.0)
+    graceful_timeout: float = _doc("Seconds to finish requests in flight after SIGTERM.", default=30.0)
+    auth_token_file: str = _doc(
+        f"File holding the bearer token callers must send (or set {AUTH_TOKEN_ENV}); none: no auth.", default=None
+    )
+    public_endpoints: list = _doc(
+        "Endpoint groups open without a token when auth is on: health, metrics, docs.", default_factory=lambda: ["health"]
+    )
     logging: dict = _doc("Logging 'level' (DEBUG, INFO, ...) and 'format' (Python logging format).", default_factory=dict)
+
+    def auth_token(self):
+        """The bearer token from AUTH_TOKEN_ENV or auth_token_file, or None when auth is off."""
+        import os
+
+        token = os.environ.get(AUTH_TOKEN_ENV)
+        if not token and self.auth_token_file:
+            try:
+                with open(self.auth_token_file) as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise StartupError(f"cannot read auth_token_file '{self.auth_token_file}': {e.strerror}") from None
+            if not token:
+                raise StartupError(f"auth_token_file '{self.auth_token_file}' is empty")
+        return token or None
 
     @property
     def log_level(self):
@@ -69,8 +105,9 @@ def build_settings(conf_path=None, **overrides):
     """Settings from the conf file (if any) with the non-None ``overrides`` (flags) on top."""
     values = read_conf_file(conf_path) if conf_path else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(values.get("packages"), str):
-        values["packages"] = [p for p in values["packages"].split(",") if p.strip()]
+    for name in ("packages", "public_endpoints"):
+        if isinstance(values.get(name), str):
+            values[name] = [p.strip() for p in values[name].split(",") if p.strip()]
     settings = Settings(**values)
     _validate(settings)
     return settings
@@ -80,9 +117,15 @@ def _validate(s):
     def fail(message):
         raise StartupError(message)
 
-    for name, kind in (("port", int), ("workers", int), ("max_request_bytes", int)):
+    for name, kind in (("port", int), ("workers", int), ("max_request_bytes", int), ("max_image_pixels", int),
+                       ("request_timeout", (int, float)), ("graceful_timeout", (int, float))):
         if not isinstance(getattr(s, name), kind) or isinstance(getattr(s, name), bool):
-            fail(f"{name} must be an integer, not {getattr(s, name)!r}")
+            fail(f"{name} must be a number, not {getattr(s, name)!r}")
+    for name in ("max_image_pixels", "request_timeout", "graceful_timeout"):
+        if getattr(s, name) <= 0:
+            fail(f"{name} must be positive, not {getattr(s, name)}")
+    if not isinstance(s.public_endpoints, list) or not set(s.public_endpoints) <= set(ENDPOINT_GROUPS):
+        fail(f"public_endpoints must be a list of: {', '.join(ENDPOINT_GROUPS)}")
     if not 0 < s.port < 65536:
         fail(f"port must be between 1 and 65535, not {s.port}")
     if s.workers < 1:
@@ -91,6 +134,10 @@ def _validate(s):
         fail(f"max_request_bytes must be positive, not {s.max_request_bytes}")
     if not isinstance(s.packages, list) or not all(isinstance(p, str) for p in s.packages):
         fail("packages must be a list of pip requirement strings")
+    if s.env_manager not in ENV_MANAGERS:
+        fail(f"env_manager must be one of {', '.join(ENV_MANAGERS)}, not {s.env_manager!r}")
+    if not isinstance(s.install_model_requirements, bool):
+        fail(f"install_model_requirements must be true or false, not {s.install_model_requirements!r}")
     if not isinstance(s.logging, dict):
         fail("logging must be a mapping with 'level' and 'format'")
     if not isinstance(logging.getLevelName(s.log_level), int):

@@ -6,6 +6,7 @@ Every refusal is an :class:`~mlflow_pluggable_scoring_server.errors.InvalidInput
 
 import io
 import json
+import warnings
 
 import numpy as np
 
@@ -24,15 +25,18 @@ def read_json(data):
         raise InvalidInput("request body is not UTF-8 text; expected a JSON document") from None
     except ValueError as e:
         raise InvalidInput(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise InvalidInput("request body is JSON nested too deeply") from None
 
 
-def read_split_frame(data, columns=None, dtype="float32"):
+def read_split_frame(data, columns=None, dtype="float32", allow_nan=False):
     """Read a table sent as pandas' "split" JSON orientation into a 2-D numpy array.
 
     The body is ``{"columns": [...], "data": [[...], ...]}`` (an ``index`` key is
     ignored), or MLflow's ``{"dataframe_split": {...}}`` wrapping of it. With
     ``columns``, the array has exactly those columns in that order: extra columns
-    (a label, say) are dropped and a missing one is an error.
+    (a label, say) are dropped and a missing one is an error. Missing values (null,
+    NaN) and infinities are refused unless ``allow_nan``.
     """
     doc = read_json(data)
     if isinstance(doc, dict) and "dataframe_split" in doc:
@@ -45,9 +49,14 @@ def read_split_frame(data, columns=None, dtype="float32"):
     if any(not isinstance(row, list) or len(row) != len(sent) for row in rows):
         raise InvalidInput(f'every row of "data" must be a list of {len(sent)} values, one per column')
     try:
-        table = np.asarray(rows, dtype=dtype)
-    except (TypeError, ValueError):
-        raise InvalidInput(f'every value of "data" must be a number ({dtype})') from None
+        with np.errstate(over="ignore"):  # too large for dtype: infinite, refused below
+            table = np.asarray(rows, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        table = None
+    if table is None or table.ndim != 2:
+        raise InvalidInput(f'every value of "data" must be a number ({dtype})')
+    if not allow_nan and table.dtype.kind == "f" and not np.isfinite(table).all():
+        raise InvalidInput('"data" has missing (null, NaN) or infinite values')
     if columns is None:
         return table
     position = {name: i for i, name in enumerate(sent) if isinstance(name, str)}
@@ -55,6 +64,17 @@ def read_split_frame(data, columns=None, dtype="float32"):
     if missing:
         raise InvalidInput(f"missing columns: {', '.join(missing)}")
     return table[:, [position[name] for name in columns]]
+
+
+def limit_image_pixels(max_pixels):
+    """Refuse images over ``max_pixels`` pixels, for our decoder and any plugin using Pillow.
+
+    Pillow only warns between its limit and twice it; here that is an error too.
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 def read_image(data, mode=None, size=None):
@@ -67,13 +87,20 @@ def read_image(data, mode=None, size=None):
     if not data:
         raise InvalidInput("request body is empty; expected an image (PNG or JPEG)")
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the pixel limit is checked below, with a clearer message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         if image.format not in ("PNG", "JPEG"):
             raise InvalidInput(f"image format {image.format} is not accepted; send PNG or JPEG")
+        width, height = image.size
+        if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+            raise InvalidInput(f"image is {width}x{height} pixels, over the server's limit of {Image.MAX_IMAGE_PIXELS}")
         image.load()
     except UnidentifiedImageError:
         raise InvalidInput("request body is not a readable image; send PNG or JPEG") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise InvalidInput(f"image is over the server's limit of {Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
         raise InvalidInput(f"image cannot be decoded: {e}") from None
     if mode and image.mode != mode:
         image = image.convert(mode)

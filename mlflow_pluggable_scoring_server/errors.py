@@ -43,3 +43,21 @@ class NotAcceptable(ScoringError):
 
 class StartupError(Exception):
     """The server cannot start: the message is the one line shown to the user."""
+
+
+class Unauthorized(ScoringError):
+    """No valid bearer token (401)."""
+
+    status_code = HTTPStatus.UNAUTHORIZED
+
+
+class NotReady(ScoringError):
+    """The model is still loading (503)."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class RequestTimeout(ScoringError):
+    """The plugin did not answer within the request timeout (504)."""
+
+    status_code = HTTPStatus.GATEWAY_TIMEOUT

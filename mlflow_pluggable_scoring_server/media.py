@@ -41,7 +41,7 @@ def check_content_type(header, accepted):
     if not media_type:
         raise UnsupportedMediaType(f"Content-Type header is missing; send one of: {', '.join(accepted)}")
     if not any(matches(pattern, media_type) for pattern in accepted):
-        raise UnsupportedMediaType(f"Content-Type '{media_type}' is not accepted; send one of: {', '.join(accepted)}")
+        raise UnsupportedMediaType(f"this Content-Type is not accepted; send one of: {', '.join(accepted)}")
     return media_type, params
 
 
@@ -76,7 +76,7 @@ def negotiate(accept_header, offered):
         if q > best_q:
             best, best_q = media_type, q
     if best is None:
-        raise NotAcceptable(f"cannot answer with any type in Accept '{accept_header}'; available: {', '.join(offered)}")
+        raise NotAcceptable(f"cannot answer with any type the Accept header allows; available: {', '.join(offered)}")
     return best
 
 

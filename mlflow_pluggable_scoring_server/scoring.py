@@ -5,35 +5,76 @@ media type out), and no model details (the plugin owns those).
 """
 
 import logging
+import signal
+import threading
+from contextlib import contextmanager, nullcontext
 
-from .errors import InvalidInput, ScoringError
+from .errors import InvalidInput, NotReady, RequestTimeout, ScoringError
 from .media import check_content_type, diagnose, encode, negotiate
 from .plugin import Payload, request_media_types, response_media_types
 
 logger = logging.getLogger(__name__)
 
 
-class Scorer:
-    """A loaded plugin and its model, ready to score requests."""
+@contextmanager
+def deadline(seconds):
+    """Raise RequestTimeout in this thread when the block runs longer than ``seconds``.
 
-    def __init__(self, plugin, model):
+    A SIGALRM timer: it interrupts Python code (a C call is interrupted when it returns).
+    Signals reach only the main thread, where gunicorn's sync worker serves requests;
+    elsewhere the block runs without a deadline.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise RequestTimeout(f"the prediction took longer than the server's limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Scorer:
+    """A plugin and, once :meth:`load` has run, its model."""
+
+    def __init__(self, plugin, timeout=None):
         self.plugin = plugin
-        self.model = model
+        self.model = None
+        self.timeout = timeout
+        self.ready = threading.Event()
         self.request_types = request_media_types(plugin)
         self.response_types = response_media_types(plugin)
+
+    def load(self, model_uri):
+        """Load the model with the plugin (may take long: call it off the serving thread)."""
+        self.model = self.plugin.load_model(model_uri)
+        self.ready.set()
 
     def score(self, body, content_type, accept):
         """Score one request body; returns ``(response bytes, response media type)``.
 
-        Raises :class:`ScoringError` with the status to answer: 415 for a Content-Type
-        the plugin does not take, 400 for an empty or malformed body, 406 when nothing
-        in ``accept`` can be produced, 500 when the plugin fails.
+        Raises :class:`ScoringError` with the status to answer: 503 while the model
+        loads, 415 for a Content-Type the plugin does not take, 400 for an empty or
+        malformed body, 406 when nothing in ``accept`` can be produced, 500 when the
+        plugin fails, 504 when it takes longer than the timeout.
         """
+        if not self.ready.is_set():
+            raise NotReady("the model is still loading; retry shortly")
         media_type, params = check_content_type(content_type, self.request_types)
         if not body:
             raise InvalidInput("request body is empty")
         response_type = negotiate(accept, self.response_types)
-        payload = Payload(body, media_type, params)
+        with deadline(self.timeout) if self.timeout else nullcontext():
+            return self._predict(Payload(body, media_type, params), response_type)
+
+    def _predict(self, payload, response_type):
+        media_type = payload.media_type
         try:
             result = self.plugin.predict(self.model, payload)
         except ScoringError:

@@ -10,13 +10,16 @@ own model after the fork (TensorFlow, ONNX Runtime and Spark are not fork-safe).
 import argparse
 import logging
 import logging.config
+import math
+import os
 import sys
+import threading
 
 from . import __version__
 from .config import FIELDS, build_settings
+from .envs import ENV_MANAGERS, prepare_environment
 from .errors import StartupError
 from .models import check_model_uri
-from .packages import install_packages
 from .plugin import load_plugin
 
 logger = logging.getLogger("mlflow_pluggable_scoring_server")
@@ -32,6 +35,7 @@ def parse_args(argv=None):
         prog="mlflow-pluggable-scoring-server",
         description="Serve an MLflow model through a plugin. Flags override the conf file.",
         epilog="Other commands: `mlflow-pluggable-scoring-server commands` lists them.",
+        allow_abbrev=False,  # else `--auth-token SECRET` would be taken for --auth-token-file
     )
     p.add_argument("--conf", help="YAML conf file with any of the keys below.")
     p.add_argument("--host", help=doc("host"))
@@ -40,8 +44,15 @@ def parse_args(argv=None):
     p.add_argument("--plugin-class", help=doc("plugin_class"))
     p.add_argument("--model-uri", help=doc("model_uri"))
     p.add_argument("--packages", help=doc("packages") + " Comma-separated.")
+    p.add_argument("--env-manager", choices=ENV_MANAGERS, help=doc("env_manager"))
+    p.add_argument("--install-model-requirements", action="store_true", default=None, help=doc("install_model_requirements"))
     p.add_argument("--workers", type=int, help=doc("workers"))
     p.add_argument("--max-request-bytes", type=int, help=doc("max_request_bytes"))
+    p.add_argument("--max-image-pixels", type=int, help=doc("max_image_pixels"))
+    p.add_argument("--request-timeout", type=float, help=doc("request_timeout"))
+    p.add_argument("--graceful-timeout", type=float, help=doc("graceful_timeout"))
+    p.add_argument("--auth-token-file", metavar="FILE", help=doc("auth_token_file"))
+    p.add_argument("--public-endpoints", help=doc("public_endpoints") + " Comma-separated.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p.parse_args(argv)
 
@@ -63,58 +74,83 @@ def logging_config(settings):
     }
 
 
-def make_server(settings, plugin):
+def make_server(settings, plugin, token):
     """A gunicorn application serving ``plugin`` with ``settings``."""
     from gunicorn.app.base import BaseApplication
+
+    from . import metrics
+
+    metrics_dir = metrics.prepare()  # before any worker forks
 
     class Server(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
+            self.cfg.set("worker_class", "mlflow_pluggable_scoring_server.workers.DrainingSyncWorker")
+            self.cfg.set("graceful_timeout", math.ceil(settings.graceful_timeout))
+            # gunicorn kills a worker silent this long; the request timeout (504) must come first.
+            self.cfg.set("timeout", math.ceil(settings.request_timeout) + 30)
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("logconfig_dict", logging_config(settings))
             self.cfg.set("proc_name", "mlflow-pluggable-scoring-server")
             # One control socket per user would collide between servers on one machine.
             self.cfg.set("control_socket_disable", True)
+            self.cfg.set("child_exit", lambda arbiter, worker: metrics.worker_exit(worker.pid))
+            self.cfg.set("on_exit", lambda arbiter: metrics.cleanup(*metrics_dir))
 
         def load(self):
-            return load_app(settings, plugin)
+            return load_app(settings, plugin, token)
 
     return Server()
 
 
-def load_app(settings, plugin):
-    """Load the model in this (worker) process and build the WSGI app around it."""
+def load_app(settings, plugin, token):
+    """Build the WSGI app in this (worker) process, and load the model beside it.
+
+    The app answers at once: health and status while the model loads, 503 for
+    predictions until it is ready. A model that cannot be loaded stops the server.
+    """
     from .app import create_app
+    from .decoders import limit_image_pixels
+    from .metrics import Metrics
     from .scoring import Scorer
 
+    limit_image_pixels(settings.max_image_pixels)
+    scorer = Scorer(plugin, timeout=settings.request_timeout)
+    app = create_app(scorer, settings, metrics=Metrics(), token=token)
+    threading.Thread(target=load_model, args=(scorer, settings), name="load-model", daemon=True).start()
+    return app
+
+
+def load_model(scorer, settings):
     try:
-        model = plugin.load_model(settings.model_uri)
+        scorer.load(settings.model_uri)
     except Exception as e:
-        logger.error(
-            "error: plugin %s cannot load model '%s': %s: %s",
-            type(plugin).__name__, settings.model_uri, type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "",
-        )
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        logger.error("error: plugin %s cannot load model '%s': %s: %s",
+                     type(scorer.plugin).__name__, settings.model_uri, type(e).__name__, reason)
         logger.debug("load_model traceback", exc_info=True)
-        sys.exit(WORKER_BOOT_ERROR)
-    logger.info("ready: %s serves %s on http://%s:%s", type(plugin).__name__, settings.model_uri, settings.host, settings.port)
-    return create_app(Scorer(plugin, model), settings)
+        logging.shutdown()
+        os._exit(WORKER_BOOT_ERROR)  # from a thread: sys.exit would end only the thread
+    logger.info("ready: %s serves %s on http://%s:%s", type(scorer.plugin).__name__, settings.model_uri,
+                settings.host, settings.port)
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = vars(parse_args(argv))
     try:
         settings = build_settings(args.pop("conf"), **args)
         logging.config.dictConfig(logging_config(settings))
-        if settings.packages:
-            install_packages(settings.packages)
-        plugin = load_plugin(settings.plugin, settings.plugin_class)
         check_model_uri(settings.model_uri)
+        prepare_environment(settings, argv)  # may re-execute this command in a created environment
+        plugin = load_plugin(settings.plugin, settings.plugin_class)
+        token = settings.auth_token()
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logger.info("mlflow-pluggable-scoring-server %s: plugin %s, model %s", __version__, plugin, settings.model_uri)
-    make_server(settings, plugin).run()
+    make_server(settings, plugin, token).run()
     return 0
 
 

@@ -74,9 +74,9 @@ def test_mnist_bad_images(mnist_server, make_body, content_type, status, code, f
 
 
 def test_http_level_errors_are_json(wine_server):
-    assert_error(requests.get(wine_server.url + "/api/nothing-here"), 404, "NOT_FOUND", "/api/nothing-here")
-    assert_error(requests.get(wine_server.url + "/api/predict"), 405, "METHOD_NOT_ALLOWED", "GET")
-    assert_error(requests.delete(wine_server.url + "/api/status"), 405, "METHOD_NOT_ALLOWED")
+    assert_error(requests.get(wine_server.url + "/api/nothing-here"), 404, "NOT_FOUND", "no such endpoint")
+    assert_error(requests.get(wine_server.url + "/api/predict"), 405, "METHOD_NOT_ALLOWED", "allowed: POST")
+    assert_error(requests.delete(wine_server.url + "/api/status"), 405, "METHOD_NOT_ALLOWED", "allowed: GET")
 
 
 def test_body_over_the_limit_is_413(sample_models, start_server):

@@ -54,3 +54,46 @@ class ImageOut(WinePlugin):
 class BadLoad(WinePlugin):
     def load_model(self, model_uri):
         raise ValueError("this plugin cannot read that model")
+
+
+class Slow(WinePlugin):
+    """Sleeps for the body's "sleep" seconds (a key beside "columns" and "data"), then predicts."""
+
+    def predict(self, model, data):
+        import json
+        import time
+
+        time.sleep(json.loads(data).get("sleep", 0))
+        return super().predict(model, data)
+
+
+class Spinning(WinePlugin):
+    """Burns CPU in Python for ever: only the request timeout stops it."""
+
+    def predict(self, model, data):
+        while True:
+            pass
+
+
+class SlowLoad(WinePlugin):
+    """Takes a few seconds to load its model, like a big one."""
+
+    def load_model(self, model_uri):
+        import time
+
+        time.sleep(4)
+        return super().load_model(model_uri)
+
+
+class RawPillow(WinePlugin):
+    """A 2020-style image plugin: Pillow directly, no helpers, no checks."""
+
+    def predict(self, model, data):
+        import io
+
+        from PIL import Image
+
+        return list(Image.open(io.BytesIO(data)).convert("L").getdata())[:3]
+
+    def request_content_type(self):
+        return "image/png"

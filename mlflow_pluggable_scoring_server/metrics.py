@@ -1,0 +1,61 @@
+"""Prometheus metrics, summed over all gunicorn workers.
+
+prometheus_client's multiprocess mode: every worker writes its samples to files in one
+directory, and ``/metrics`` (answered by any worker) reads them all. The directory must
+be named in PROMETHEUS_MULTIPROC_DIR before prometheus_client is imported, so the master
+calls :func:`prepare` before forking and :func:`worker_exit` when a worker is gone.
+"""
+
+import os
+import shutil
+import tempfile
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare():
+    """Create the samples directory (unless the environment names one); returns it and whether we own it."""
+    if os.environ.get(MULTIPROC_ENV):
+        return os.environ[MULTIPROC_ENV], False
+    folder = tempfile.mkdtemp(prefix="mlflow-pss-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    return folder, True
+
+
+def worker_exit(pid):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
+
+
+def cleanup(folder, owned):
+    if owned:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class Metrics:
+    """The server's metrics; labels are route templates, never raw paths, to bound their number."""
+
+    def __init__(self):
+        from prometheus_client import Counter, Histogram
+
+        self.requests = Counter("scoring_requests_total", "HTTP requests answered.", ["endpoint", "method", "status"])
+        self.latency = Histogram(
+            "scoring_request_duration_seconds", "Time to answer an HTTP request.", ["endpoint", "method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.prediction_errors = Counter("scoring_prediction_errors_total", "Predictions answered with an error.", ["error_code"])
+        self.batch_size = Histogram("scoring_batch_size", "Requests merged into one model call.", buckets=(1, 2, 4, 8, 16, 32, 64))
+
+    def observe(self, endpoint, method, status, seconds):
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint, method).observe(seconds)
+
+    @staticmethod
+    def render():
+        """The text exposition of every worker's samples, and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,67 @@
+"""Optional bearer-token auth: token from a file or an env var, never from a flag."""
+
+import pytest
+import requests
+
+from conftest import WINE, WINE_JSON, run_cli
+from test_errors import assert_error
+
+TOKEN = "s3cr3t-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auth") / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def auth_server(sample_models, start_server, token_file):
+    return start_server("--conf", WINE / "conf.yaml", "--auth-token-file", token_file)
+
+
+def predict(server, token=None, scheme="Bearer"):
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"{scheme} {token}"
+    return requests.post(server.url + "/api/predict", data=WINE_JSON.read_bytes(), headers=headers)
+
+
+@pytest.mark.parametrize("token, scheme", [(None, None), ("wrong", "Bearer"), (TOKEN[:-1], "Bearer"), (TOKEN, "Basic"), ("", "Bearer")])
+def test_missing_or_wrong_token_is_401(auth_server, token, scheme):
+    r = predict(auth_server, token, scheme)
+    assert_error(r, 401, "UNAUTHORIZED", "Authorization: Bearer")
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert TOKEN not in r.text
+
+
+def test_right_token_scores(auth_server):
+    r = predict(auth_server, TOKEN)
+    assert r.status_code == 200 and len(r.json()) == 3
+
+
+@pytest.mark.parametrize("path, status", [("/api/health/live", 200), ("/api/health/ready", 200), ("/metrics", 401),
+                                          ("/api/status", 401), ("/api/swagger", 401), ("/api/nothing", 401)])
+def test_only_health_is_open_by_default(auth_server, path, status):
+    assert requests.get(auth_server.url + path).status_code == status
+
+
+def test_token_from_the_environment_and_open_metrics(sample_models, start_server):
+    server = start_server("--conf", WINE / "conf.yaml", "--public-endpoints", "health,metrics,docs",
+                          env={"MLFLOW_PSS_AUTH_TOKEN": "from-env"})
+    assert predict(server, "from-env").status_code == 200
+    assert predict(server, TOKEN).status_code == 401
+    for path in ("/metrics", "/api/swagger", "/api/docs", "/api/health/ready"):
+        assert requests.get(server.url + path).status_code == 200, path
+    assert requests.get(server.url + "/api/status").status_code == 401
+
+
+def test_there_is_no_token_flag():
+    proc = run_cli("--auth-token", TOKEN)
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+
+
+def test_unreadable_token_file_stops_the_server(sample_models, tmp_path):
+    proc = run_cli("--conf", WINE / "conf.yaml", "--auth-token-file", tmp_path / "missing")
+    assert proc.returncode == 2 and "error: cannot read auth_token_file" in proc.stderr

@@ -1,0 +1,73 @@
+"""Limits: request body size, image pixels, request time. Each refusal is JSON, the server stays up."""
+
+import io
+import json
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import DIGIT_PNG, MNIST, TEST_PLUGINS, WINE, WINE_JSON
+from test_errors import assert_error
+
+
+def png(width, height):
+    out = io.BytesIO()
+    Image.new("L", (width, height)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_chunked_body_over_the_limit_is_413(sample_models, start_server):
+    server = start_server("--conf", WINE / "conf.yaml", "--max-request-bytes", "2000")
+
+    def chunks():  # no Content-Length: the limit must hold while reading
+        for _ in range(100):
+            yield b" " * 100
+
+    assert_error(server.predict(chunks()), 413, "REQUEST_ENTITY_TOO_LARGE")
+    assert server.alive() and server.predict(WINE_JSON.read_bytes()).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def small_image_server(sample_models, start_server):
+    return start_server("--conf", MNIST / "conf.yaml", "--max-image-pixels", "10000")
+
+
+def test_image_over_the_pixel_limit_is_400(small_image_server):
+    assert small_image_server.predict(png(100, 100), content_type="image/png").status_code == 200
+    assert_error(small_image_server.predict(png(101, 100), content_type="image/png"), 400, "BAD_REQUEST",
+                 "101x100 pixels, over the server's limit of 10000")
+
+
+def test_decompression_bomb_is_refused_cheaply(small_image_server):
+    bomb = png(20000, 20000)  # 400 M pixels in about 400 kB of PNG
+    assert len(bomb) < 1_000_000
+    started = time.monotonic()
+    assert_error(small_image_server.predict(bomb, content_type="image/png"), 400, "BAD_REQUEST", "pixels")
+    assert time.monotonic() - started < 5
+    assert small_image_server.alive()
+
+
+def test_pixel_limit_also_guards_plugins_using_pillow_directly(sample_models, start_server):
+    server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.RawPillow",
+                          "--model-uri", WINE / "model", "--max-image-pixels", "10000")
+    assert server.predict(DIGIT_PNG.read_bytes(), content_type="image/png").status_code == 200
+    assert_error(server.predict(png(150, 100), content_type="image/png"), 400, "BAD_REQUEST")
+    assert_error(server.predict(png(300, 100), content_type="image/png"), 400, "BAD_REQUEST")
+
+
+def slow_body(seconds):
+    return json.dumps({**json.loads(WINE_JSON.read_text()), "sleep": seconds})
+
+
+@pytest.mark.parametrize("class_name, body", [("Slow", slow_body(30)), ("Spinning", WINE_JSON.read_text())])
+def test_prediction_over_the_timeout_is_504(sample_models, start_server, class_name, body):
+    server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", f"behaviours.{class_name}",
+                          "--model-uri", WINE / "model", "--request-timeout", "1")
+    started = time.monotonic()
+    assert_error(server.predict(body), 504, "GATEWAY_TIMEOUT", "limit of 1 s")
+    assert time.monotonic() - started < 10
+    assert server.alive()
+    if class_name == "Slow":
+        r = server.predict(slow_body(0.1))
+        assert r.status_code == 200 and len(r.json()) == 3
