@@ -43,7 +43,7 @@ def test_startup_failures_say_one_line(sample_models, args, message):
         ("port: [5005\n", "is not valid YAML at line"),
         ("- a\n- b\n", "must be a mapping"),
         ("plugn: x.py\n", "unknown key(s) plugn"),
-        ("port: high\n", "port must be an integer"),
+        ("port: high\n", "port must be a number"),
         ("logging: {level: LOUD}\nplugin: x\nmodel_uri: y\n", "logging level must be one of"),
     ],
 )
@@ -79,7 +79,7 @@ def test_model_the_plugin_cannot_load_stops_the_server(sample_models):
 def test_flags_and_conf_file_start_the_same_server(sample_models, start_server):
     by_conf = start_server("--conf", WINE / "conf.yaml")
     by_flags = start_server("--host", "127.0.0.1", "--plugin-file", WINE / "plugin.py", "--plugin-class", "plugin.Plugin",
-                            "--model-uri", WINE / "model", "--packages", "pyyaml,numpy")
+                            "--model-uri", WINE / "model", "--packages", "pyyaml,numpy", "--env-manager", "local")
     body = WINE_JSON.read_bytes()
     assert by_conf.predict(body).json() == by_flags.predict(body).json()
     for server in (by_conf, by_flags):
@@ -110,7 +110,7 @@ def test_console_script_is_installed(sample_models):
 
     script = Path(sys.executable).parent / "mlflow-pluggable-scoring-server"
     assert script.exists() or shutil.which("mlflow-pluggable-scoring-server")
-    proc = subprocess.run([str(script), "--plugin-file", "nope.py", "--model-uri", "x"], capture_output=True, text=True)
+    proc = subprocess.run([str(script), "--plugin-file", "nope.py", "--model-uri", str(WINE / "model")], capture_output=True, text=True)
     assert_one_line_failure(proc, "plugin file 'nope.py' does not exist")
     for args in (["--version"], ["serve", "--version"]):
         version = subprocess.run([str(script), *args], capture_output=True, text=True)

@@ -1,0 +1,1 @@
+mlflow_pluggable_scoring_server/Dockerfile
