@@ -14,6 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["mlflow_pluggable_scoring_server", "mlflow_pluggable_scoring_server.*"]),
+    package_data={"mlflow_pluggable_scoring_server": ["Dockerfile"]},  # for docker-build
     install_requires=[
         "mlflow==3.17.2",
         "flask>=3.0,<4",
@@ -22,11 +23,14 @@ setup(
         "pyyaml>=6",
         "numpy>=1.26",
         "pillow>=10",
+        "prometheus-client>=0.20",
+        "virtualenv>=20",  # --env-manager virtualenv
     ],
     extras_require={
         # What the samples and the test suite need on top of the server.
-        "samples": ["scikit-learn>=1.5", "skl2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.16", "pandas>=2"],
-        "test": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7"],
+        "samples": ["scikit-learn>=1.5", "skl2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.16", "pandas>=2",
+                    "pyspark>=4.0,<4.3"],  # the Spark ML sample and spark-score; needs Java 17
+        "test": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7", "schemathesis>=4"],
     },
     entry_points={
         "console_scripts": ["mlflow-pluggable-scoring-server = mlflow_pluggable_scoring_server.cli:main"],

@@ -9,6 +9,9 @@ import sys
 
 COMMANDS = {
     "serve": ("mlflow_pluggable_scoring_server.webserver", "serve a model through a plugin (the default)"),
+    "docker-build": ("mlflow_pluggable_scoring_server.docker_build", "build a container image serving a model through a plugin"),
+    "score": ("mlflow_pluggable_scoring_server.offline", "score files or rows on this machine, resumably"),
+    "spark-score": ("mlflow_pluggable_scoring_server.spark", "score files or rows on Spark"),
 }
 
 

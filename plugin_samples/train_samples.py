@@ -1,11 +1,13 @@
 """Train the sample models that are missing and save them as MLflow models.
 
-    python plugin_samples/train_samples.py [--force] [--only sklearn_wine|onnx_wine|keras_mnist]
+    python plugin_samples/train_samples.py [--force] [--only sklearn_wine|onnx_wine|keras_mnist|sparkml_wine]
 
 - sklearn_wine: a random forest predicting white-wine quality (UCI Wine Quality data).
 - onnx_wine: the same forest exported to ONNX with skl2onnx.
 - keras_mnist: a small Keras dense network for 28x28 digits, trained on scikit-learn's
   bundled 8x8 digits made to look like MNIST (no download needed).
+- sparkml_wine: a Spark ML pipeline (VectorAssembler + LinearRegression) on the wine data,
+  trained on local Spark and saved with ``mlflow.spark``.
 
 A model is present when its ``MLmodel`` file exists; ``--force`` retrains it.
 Training is deterministic, so the ONNX export always matches the saved forest.
@@ -24,6 +26,7 @@ MODEL_DIRS = {
     "sklearn_wine": os.path.join(HERE, "sklearn_wine", "model"),
     "onnx_wine": os.path.join(HERE, "sklearn_wine", "onnx", "model"),
     "keras_mnist": os.path.join(HERE, "keras_mnist", "model"),
+    "sparkml_wine": os.path.join(HERE, "sparkml_wine", "model"),
 }
 # skops refuses to load types outside its defaults unless they are listed here;
 # MLflow stores the list in the MLmodel file and passes it back at load time.
@@ -158,6 +161,32 @@ def train_keras_mnist():
     )
 
 
+def train_sparkml_wine():
+    """Fit the wine pipeline on local Spark (one core, so the same model every time) and save it."""
+    import mlflow.spark
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.ml.regression import LinearRegression
+    from pyspark.sql import functions as F
+
+    from mlflow_pluggable_scoring_server.spark import local_session
+
+    spark = local_session("local[1]", "train_samples", **{"spark.driver.memory": "1g"})
+    frame = spark.read.csv(WINE_CSV, header=True)
+    features = [name for name in frame.columns if name != WINE_LABEL]
+    frame = frame.select(*[F.col(f"`{name}`").cast("double") for name in frame.columns])
+    pipeline = Pipeline(stages=[
+        VectorAssembler(inputCols=features, outputCol="features"),
+        LinearRegression(featuresCol="features", labelCol=WINE_LABEL, solver="normal"),
+    ])
+    # The signature's column names tell the plugin the feature order.
+    signature = ModelSignature(Schema([ColSpec("double", name) for name in features]), Schema([ColSpec("double")]))
+    mlflow.spark.save_model(pipeline.fit(frame), target_dir("sparkml_wine"), signature=signature,
+                            pip_requirements=pinned("pyspark"))
+
+
 def train_wine(names):
     """Save the wine models in ``names``; the ONNX one exports the saved forest when there is one."""
     start = time.perf_counter()
@@ -199,12 +228,16 @@ def main(argv=None):
             todo.append(name)
         else:
             print(f"{name}: present in {shown(MODEL_DIRS[name])}, skipped (--force retrains it)", flush=True)
-    if wine := [name for name in todo if name != "keras_mnist"]:
+    if wine := [name for name in todo if name in ("sklearn_wine", "onnx_wine")]:
         train_wine(wine)
     if "keras_mnist" in todo:
         start = time.perf_counter()
         train_keras_mnist()
         report("keras_mnist", start)
+    if "sparkml_wine" in todo:
+        start = time.perf_counter()
+        train_sparkml_wine()
+        report("sparkml_wine", start)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh machine, idempotently:
-# Debian packages (curl), a venv in .venv with uv, the server with its sample and
+# Debian packages (curl, Java), a venv in .venv with uv, the server with its sample and
 # test extras, and the trained sample models. Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,10 @@ apt_install() {
   fi
 }
 apt_install curl:curl
+# Java 17 for Spark (the Spark ML sample, spark-score). Slim Debian images lack the man
+# folder that the JRE's post-install script links into.
+if ! command -v java >/dev/null && [ "$(id -u)" -eq 0 ]; then mkdir -p /usr/share/man/man1; fi
+apt_install java:openjdk-17-jre-headless
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PYTHON"

@@ -1,6 +1,7 @@
 """Shared fixtures: the trained sample models, a sqlite Model Registry, real server processes."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
 WINE = SAMPLES / "sklearn_wine"
 WINE_ONNX = WINE / "onnx"
 MNIST = SAMPLES / "keras_mnist"
+SPARKML = SAMPLES / "sparkml_wine"
 WINE_JSON = WINE / "data" / "predict-wine-quality.json"
 DIGIT_PNG = MNIST / "data" / "mnist_0_10.png"
 
@@ -57,7 +59,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + "/api/status", timeout=2).status_code == 200:
+                if requests.get(self.url + "/api/health/ready", timeout=2).status_code == 200:
                     return self
             except (requests.ConnectionError, requests.Timeout):  # not bound yet, or model still loading
                 pass
@@ -65,8 +67,16 @@ class Server:
         self.stop()
         raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")
 
+    def wait_workers_ready(self, count, timeout=START_TIMEOUT):
+        """Wait until ``count`` workers have loaded their model (each logs a "ready:" line)."""
+        deadline = time.monotonic() + timeout
+        while len(re.findall(r"ready: \w+ serves ", self.log())) < count:
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.log()
+            time.sleep(0.2)
+        return self
+
     def alive(self):
-        return self.proc.poll() is None and requests.get(self.url + "/api/status", timeout=5).status_code == 200
+        return self.proc.poll() is None and requests.get(self.url + "/api/health/live", timeout=5).status_code == 200
 
     def predict(self, body, content_type="application/json", accept=None, path="/api/predict"):
         headers = {"Content-Type": content_type} if content_type else {}
@@ -89,7 +99,7 @@ class Server:
 def sample_models():
     """Train the sample models with the project's own script if they are missing."""
     subprocess.run([sys.executable, str(SAMPLES / "train_samples.py")], check=True, cwd=ROOT)
-    return {"wine": WINE / "model", "onnx": WINE_ONNX / "model", "mnist": MNIST / "model"}
+    return {"wine": WINE / "model", "onnx": WINE_ONNX / "model", "mnist": MNIST / "model", "sparkml": SPARKML / "model"}
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +131,12 @@ def onnx_server(sample_models, start_server):
 @pytest.fixture(scope="session")
 def mnist_server(sample_models, start_server):
     return start_server("--conf", MNIST / "conf.yaml")
+
+
+@pytest.fixture(scope="session")
+def sparkml_server(sample_models, start_server):
+    """The Spark ML wine sample: its worker starts a local Spark (Java) when it loads the model."""
+    return start_server("--conf", SPARKML / "conf.yaml")
 
 
 def run_cli(*args, env=None, timeout=120):

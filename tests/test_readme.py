@@ -4,11 +4,14 @@ Each ```bash block is preceded by a marker saying how it is checked:
 
     <!-- test: quickstart -->      the set-up-and-serve command; run with --port, then scored
     <!-- test: ci -->              the test command; .ci/run must run exactly it
-    <!-- test: start -->           commands whose last one starts a server; run with --port until ready
+    <!-- test: start [slow] -->    commands whose last one starts a server; run with --port until ready
+                                   (slow: it may first build an environment)
     <!-- test: curl SERVER [TOL] --> curl calls against a sample server; output compared with
                                    the block after it (numbers to TOL, by default 1e-5)
     <!-- test: curl-keys SERVER --> the same, comparing only the JSON keys
     <!-- test: run -->             run as it is; must exit 0
+    <!-- test: docker -->          docker-build, then docker run: run with podman by tests/test_docker.py
+                                   (skipped there, saying why, where podman cannot run)
 """
 
 import json
@@ -25,7 +28,7 @@ from conftest import ROOT, WINE_JSON, Server, free_port
 README = ROOT / "README.md"
 MARKER = re.compile(r"<!-- test: (\S+)(?: (\S+))?(?: (\S+))? -->")
 DEFAULT_URL = "http://127.0.0.1:5005"
-SERVERS = {"wine": "wine_server", "onnx": "onnx_server", "mnist": "mnist_server"}
+SERVERS = {"wine": "wine_server", "onnx": "onnx_server", "mnist": "mnist_server", "sparkml": "sparkml_server"}
 
 
 def shell_blocks():
@@ -91,13 +94,13 @@ def test_ci_runs_the_documented_test_command(block):
 @pytest.mark.parametrize("block", blocks_of("quickstart", "start"))
 def test_server_commands_start_a_server(block, sample_models, tmp_path):
     """The last command starts the server (on a free port); the ones before it prepare."""
-    (kind, _, _), commands, _, _ = block
+    (kind, speed, _), commands, _, _ = block
     for command in commands[:-1]:
         run_shell(command)
     port = free_port()
     server = Server(["bash", "-c", f"{commands[-1]} --port {port}"], port, tmp_path / "server.log", env=shell_env())
     try:
-        server.wait_ready(timeout=600 if kind == "quickstart" else 120)
+        server.wait_ready(timeout=600 if kind == "quickstart" or speed == "slow" else 120)
         if kind == "quickstart":
             r = server.predict(WINE_JSON.read_bytes())
             assert r.status_code == 200 and len(r.json()) == 3

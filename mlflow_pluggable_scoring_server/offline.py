@@ -1,0 +1,270 @@
+"""Offline scoring: files or rows through a plugin and a model on one machine, no server.
+
+    mlflow-pluggable-scoring-server score --conf plugin_samples/keras_mnist/conf.yaml \\
+        --output predictions.jsonl plugin_samples/keras_mnist/data/
+
+Every input goes through the server's own request path
+(:class:`~mlflow_pluggable_scoring_server.scoring.Scorer`), so it gets the answer the
+server would give for the same body. The output is appended to as inputs are scored:
+a second run skips the inputs already in it. An input that cannot be scored is
+reported on stderr and left out of the output (so the next run tries it again).
+"""
+
+import argparse
+import csv
+import glob
+import io
+import json
+import logging
+import mimetypes
+import os
+import sys
+import time
+
+from .errors import ScoringError, StartupError
+from .media import JSON, matches
+from .plugin import DEFAULT_PLUGIN_CLASS, load_plugin
+
+LINE_SUFFIXES = (".jsonl", ".ndjson")  # scored line by line, each line a JSON body
+ROW_SUFFIXES = (".csv",)  # scored row by row, each row a one-row table in pandas "split" JSON
+FORMATS = {"jsonl": JSON, "csv": "text/csv"}  # output format: the answer's media type
+
+
+def content_type_for(name, accepted):
+    """The media type to send the file ``name`` as: its extension's, if the plugin takes
+    that, else the plugin's first request type that is not a wildcard."""
+    guessed = mimetypes.guess_type(name)[0] if name else None
+    if guessed and any(matches(pattern, guessed) for pattern in accepted):
+        return guessed
+    return next((t for t in accepted if "*" not in t), "application/octet-stream")
+
+
+def failure_reason(error):
+    """Why an input could not be scored, in one line: a plugin's own error rather than the
+    server's "see the log" message."""
+    cause = error.__cause__
+    reason = f"{type(cause).__name__}: {cause}" if error.status_code == 500 and cause is not None else error.message
+    return (reason.strip().splitlines() or [""])[0]
+
+
+def plugin_settings(args):
+    """Settings with the plugin, plugin class and model URI of ``--conf`` and the flags, checked."""
+    from .config import build_settings
+    from .models import check_model_uri
+
+    settings = build_settings(args.conf, plugin=args.plugin, plugin_class=args.plugin_class, model_uri=args.model_uri)
+    load_plugin(settings.plugin, settings.plugin_class)
+    check_model_uri(settings.model_uri)
+    return settings
+
+
+def expand(paths):
+    """The files named by ``paths`` (files, folders, globs), each folder's files sorted."""
+    files = []
+    for path in paths:
+        matched = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+        if not matched:
+            raise StartupError(f"no file matches '{path}'")
+        for match in matched:
+            if os.path.isdir(match):
+                files += sorted(os.path.join(d, f) for d, _, names in os.walk(match) for f in names)
+            elif os.path.isfile(match):
+                files.append(match)
+            else:
+                raise StartupError(f"input '{match}' does not exist")
+    return files
+
+
+def rows_of(path):
+    """The inputs of a JSON-lines or CSV file: ``(FILE:LINE, JSON body)``."""
+    with open(path, newline="") as f:
+        if path.endswith(LINE_SUFFIXES):
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield f"{path}:{number}", line.strip().encode()
+            return
+        reader = csv.reader(f)
+        columns = next(reader, [])
+        for number, row in enumerate(reader, 2):
+            if row:
+                table = {"columns": columns, "data": [[number_or_text(value) for value in row]]}
+                yield f"{path}:{number}", json.dumps(table).encode()
+
+
+def number_or_text(value):
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def inputs(files, accepted, content_type=None):
+    """``(input id, body, media type)`` for every input in ``files``; a file that cannot be
+    read is an input whose body is the OSError."""
+    for path in files:
+        if path.endswith(LINE_SUFFIXES + ROW_SUFFIXES):
+            for key, body in rows_of(path):
+                yield key, body, content_type or JSON
+            continue
+        try:
+            with open(path, "rb") as f:
+                body = f.read()
+        except OSError as e:
+            body = e
+        yield path, body, content_type or content_type_for(path, accepted)
+
+
+def count(files):
+    """How many inputs ``files`` hold (for the progress bar)."""
+    return sum(sum(1 for _ in rows_of(p)) if p.endswith(LINE_SUFFIXES + ROW_SUFFIXES) else 1 for p in files)
+
+
+class Output:
+    """The output file, opened for appending: JSON lines ``{"input", "prediction"}``, or CSV
+    rows ``input,prediction...`` (one per row of the answer)."""
+
+    def __init__(self, path, fmt):
+        self.path, self.format = path, fmt
+        self.done = self._read_done()
+        self.file = open(path, "a", newline="")
+        self.header = self.file.tell() > 0
+
+    def _read_done(self):
+        """The inputs already in the output; a line cut short by an interrupted run is dropped."""
+        if not os.path.exists(self.path):
+            return set()
+        with open(self.path, "rb+") as f:
+            text = f.read()
+            if text and not text.endswith(b"\n"):
+                f.truncate(text.rfind(b"\n") + 1)
+                text = text[: text.rfind(b"\n") + 1]
+        lines = text.decode().splitlines()
+        if self.format == "csv":
+            return {row[0] for row in csv.reader(lines[1:]) if row}
+        return {json.loads(line)["input"] for line in lines if line.strip()}
+
+    def write(self, key, answer):
+        if self.format == "jsonl":
+            self.file.write(json.dumps({"input": key, "prediction": json.loads(answer)}) + "\n")
+        else:
+            rows = list(csv.reader(io.StringIO(answer.decode())))
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            if not self.header:
+                width = len(rows[0]) if rows else 1
+                writer.writerow(["input"] + (["prediction"] if width == 1 else [f"prediction_{i}" for i in range(width)]))
+                self.header = True
+            writer.writerows([key, *row] for row in rows)
+            self.file.write(out.getvalue())
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, total, enabled=True, stream=sys.stderr, width=30):
+        self.total, self.enabled, self.stream, self.width = total, enabled, stream, width
+        self.count, self.start, self.drawn = 0, time.monotonic(), 0.0
+
+    def update(self, n=1):
+        self.count += n
+        if self.enabled and (time.monotonic() - self.drawn >= 0.1 or self.count == self.total):
+            self.draw()
+
+    def draw(self):
+        self.drawn = time.monotonic()
+        share = self.count / self.total if self.total else 1.0
+        rate = self.count / max(self.drawn - self.start, 1e-9)
+        bar = "#" * int(share * self.width)
+        self.stream.write(f"\r[{bar:<{self.width}}] {self.count}/{self.total} {share:4.0%} {rate:.1f}/s")
+        self.stream.flush()
+
+    def print(self, line):
+        """Print a line above the bar."""
+        if self.enabled:
+            self.stream.write("\r\033[K")
+        print(line, file=self.stream, flush=True)
+        if self.enabled:
+            self.draw()
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def add_plugin_args(parser):
+    """The flags naming the plugin, the model and the inputs' media type (for `score` and `spark-score`)."""
+    parser.add_argument("--conf", help="the server's YAML conf file: plugin, plugin_class and model_uri are read from it")
+    parser.add_argument("--plugin-file", dest="plugin", metavar="FILE", help="path of the plugin's Python file")
+    parser.add_argument("--plugin-class", help=f"plugin class as module.Class (default {DEFAULT_PLUGIN_CLASS})")
+    parser.add_argument("--model-uri", help="MLflow model URI")
+    parser.add_argument("--content-type",
+                        help="media type of the input files (default: from each file's extension, else the plugin's first)")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="mlflow-pluggable-scoring-server score",
+        description="Score files with a plugin and a model on this machine, without a server. "
+        "Resumable: inputs already in the output are skipped.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files, folders or globs; .jsonl files are scored line by line, .csv files row by row")
+    p.add_argument("--output", "-o", required=True, help="output file, appended to")
+    p.add_argument("--format", choices=FORMATS, help="jsonl or csv (default: from the output's extension, else jsonl)")
+    add_plugin_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="log the plugin's tracebacks when it fails")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    """``score``: score inputs one by one; exit status 1 when some could not be scored."""
+    from .scoring import Scorer
+
+    args = parse_args(argv)
+    fmt = args.format or ("csv" if args.output.endswith(".csv") else "jsonl")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the failure's reason is reported; its traceback only on demand
+        logging.getLogger("mlflow_pluggable_scoring_server.scoring").setLevel(logging.CRITICAL)
+    try:
+        settings = plugin_settings(args)
+        files = expand(args.inputs)
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    scorer = Scorer(load_plugin(settings.plugin, settings.plugin_class))
+    try:
+        scorer.load(settings.model_uri)
+    except Exception as e:
+        print(f"error: the plugin cannot load model '{settings.model_uri}': {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    output = Output(args.output, fmt)
+    progress = Progress(count(files), enabled=not args.no_progress)
+    scored = skipped = failed = 0
+    try:
+        for key, body, media_type in inputs(files, scorer.request_types, args.content_type):
+            if key in output.done:
+                skipped += 1
+            elif isinstance(body, OSError):
+                failed += 1
+                progress.print(f"failed: {key}: cannot read it: {body.strerror}")
+            else:
+                try:
+                    answer, _ = scorer.score(body, media_type, FORMATS[fmt])
+                except ScoringError as e:
+                    failed += 1
+                    progress.print(f"failed: {key}: {failure_reason(e)}")
+                else:
+                    output.write(key, answer)
+                    scored += 1
+            progress.update()
+    finally:
+        progress.close()
+        output.close()
+    print(f"scored {scored}, skipped {skipped} already in {args.output}, failed {failed}", file=sys.stderr)
+    return 1 if failed else 0
