@@ -34,5 +34,12 @@ setup(
     },
     entry_points={
         "console_scripts": ["mlflow-pluggable-scoring-server = mlflow_pluggable_scoring_server.cli:main"],
+        # Plugins chosen by name (--plugin NAME); other packages add theirs to this group.
+        "mlflow_pluggable_scoring_server.plugins": [
+            "pyfunc = mlflow_pluggable_scoring_server.plugins.pyfunc:PyfuncPlugin",
+            "image = mlflow_pluggable_scoring_server.plugins.image:ImagePlugin",
+        ],
+        # `mlflow deployments ... -t pluggable`: local servers managed through MLflow's deployments API.
+        "mlflow.deployments": ["pluggable = mlflow_pluggable_scoring_server.deployments"],
     },
 )

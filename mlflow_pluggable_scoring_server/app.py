@@ -24,9 +24,9 @@ logger = logging.getLogger(__name__)
 
 def error_body(e):
     """The JSON body, status and headers of any error; never a traceback, never the input."""
-    headers = {}
+    headers, error_code = {}, None
     if isinstance(e, ScoringError):
-        status, message = e.status_code, e.message
+        status, message, error_code = e.status_code, e.message, e.error_code
     elif isinstance(e, HTTPException):
         headers = {k: v for k, v in e.get_headers() if k.lower() == "allow"}
         status = HTTPStatus(e.code)
@@ -41,7 +41,7 @@ def error_body(e):
     else:
         logger.error("unexpected error on %s %s", request.method, request.path, exc_info=e)
         status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error"
-    return {"error_code": status.name, "message": message}, status, headers
+    return {"error_code": error_code or status.name, "message": message}, status, headers
 
 
 def request_body(limit):

@@ -4,13 +4,14 @@ Every field is documented here; ``--help`` and the README's reference table come
 from these docs.
 """
 
+import argparse
 import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 from .envs import ENV_MANAGERS, default_env_manager
 from .errors import StartupError
-from .plugin import DEFAULT_PLUGIN_CLASS
+from .plugin import DEFAULT_PLUGIN, DEFAULT_PLUGIN_CLASS
 
 DEFAULT_LOG_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
 AUTH_TOKEN_ENV = "MLFLOW_PSS_AUTH_TOKEN"
@@ -25,8 +26,13 @@ def _doc(text, **kwargs):
 class Settings:
     host: str = _doc("Address to listen on; 0.0.0.0 to accept other machines.", default="127.0.0.1")
     port: int = _doc("Port to listen on.", default=5005)
-    plugin: str = _doc("Path of the plugin's Python file.", default=None)
-    plugin_class: str = _doc("Plugin class in that file, as module.Class.", default=DEFAULT_PLUGIN_CLASS)
+    plugin: str = _doc(
+        "The plugin: the path of its Python file, or the name of an installed plugin"
+        f" (built in: pyfunc, image). Default: {DEFAULT_PLUGIN}, any MLflow model as `mlflow models serve` serves it.",
+        default=DEFAULT_PLUGIN,
+    )
+    plugin_class: str = _doc("Plugin class in the plugin file, as module.Class.", default=DEFAULT_PLUGIN_CLASS)
+    plugin_options: dict = _doc("Options passed to the plugin class as keyword arguments.", default_factory=dict)
     model_uri: str = _doc("MLflow model URI: a path, file:, runs:/, models:/name/version|stage, models:/name@alias.", default=None)
     packages: list = _doc("Extra pip packages the plugin needs, installed before start-up.", default_factory=list)
     env_manager: str = _doc(
@@ -78,6 +84,34 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+def flag_help(name):
+    """A flag's help: its field's doc and its conf key."""
+    return f"{FIELDS[name].metadata['doc']} [conf: {name}]"
+
+
+def plugin_option(text):
+    """``KEY=VALUE`` as ``(key, value)``, the value read as YAML."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"the value of {key.strip()} is not valid YAML") from None
+
+
+def add_plugin_flags(parser):
+    """The flags choosing the plugin, for every command that loads one."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--plugin-file", dest="plugin", metavar="FILE", help="Path of the plugin's Python file. [conf: plugin]")
+    which.add_argument("--plugin", dest="plugin", metavar="NAME", help=flag_help("plugin"))
+    parser.add_argument("--plugin-class", help=flag_help("plugin_class"))
+    parser.add_argument("--plugin-option", dest="plugin_options", metavar="KEY=VALUE", action="append", type=plugin_option,
+                        help=flag_help("plugin_options") + " Repeat for several; VALUE is read as YAML (28, [28, 28], true, text).")
+
+
 def read_conf_file(path):
     """The mapping in a YAML conf file, or StartupError saying why it cannot be used."""
     import yaml
@@ -104,7 +138,11 @@ def read_conf_file(path):
 def build_settings(conf_path=None, **overrides):
     """Settings from the conf file (if any) with the non-None ``overrides`` (flags) on top."""
     values = read_conf_file(conf_path) if conf_path else {}
+    options = overrides.pop("plugin_options", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    base = values.get("plugin_options") or {}
+    if options and isinstance(base, dict):  # flags override the file's options one by one
+        values["plugin_options"] = {**base, **dict(options)}
     for name in ("packages", "public_endpoints"):
         if isinstance(values.get(name), str):
             values[name] = [p.strip() for p in values[name].split(",") if p.strip()]
@@ -142,7 +180,9 @@ def _validate(s):
         fail("logging must be a mapping with 'level' and 'format'")
     if not isinstance(logging.getLevelName(s.log_level), int):
         fail(f"logging level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not {s.log_level!r}")
-    if not s.plugin:
-        fail("no plugin: give --plugin-file or 'plugin' in the conf file")
+    if not isinstance(s.plugin, str) or not s.plugin:
+        fail("plugin must be the path of a plugin file or the name of an installed plugin")
+    if not isinstance(s.plugin_options, dict) or not all(isinstance(k, str) and k.isidentifier() for k in s.plugin_options):
+        fail("plugin_options must be a mapping of option names to values")
     if not s.model_uri:
         fail("no model: give --model-uri or 'model_uri' in the conf file")

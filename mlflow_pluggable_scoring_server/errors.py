@@ -12,15 +12,16 @@ class ScoringError(Exception):
 
     status_code = HTTPStatus.INTERNAL_SERVER_ERROR
 
-    def __init__(self, message, status_code=None):
+    def __init__(self, message, status_code=None, error_code=None):
         super().__init__(message)
         self.message = message
         if status_code is not None:
             self.status_code = HTTPStatus(status_code)
+        self._error_code = error_code  # e.g. MLflow's INVALID_PARAMETER_VALUE; by default the status' name
 
     @property
     def error_code(self):
-        return self.status_code.name
+        return self._error_code or self.status_code.name
 
 
 class InvalidInput(ScoringError):

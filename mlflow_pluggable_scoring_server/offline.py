@@ -23,7 +23,8 @@ import time
 
 from .errors import ScoringError, StartupError
 from .media import JSON, matches
-from .plugin import DEFAULT_PLUGIN_CLASS, load_plugin
+from .config import add_plugin_flags
+from .plugin import load_plugin
 
 LINE_SUFFIXES = (".jsonl", ".ndjson")  # scored line by line, each line a JSON body
 ROW_SUFFIXES = (".csv",)  # scored row by row, each row a one-row table in pandas "split" JSON
@@ -52,8 +53,9 @@ def plugin_settings(args):
     from .config import build_settings
     from .models import check_model_uri
 
-    settings = build_settings(args.conf, plugin=args.plugin, plugin_class=args.plugin_class, model_uri=args.model_uri)
-    load_plugin(settings.plugin, settings.plugin_class)
+    settings = build_settings(args.conf, plugin=args.plugin, plugin_class=args.plugin_class,
+                              plugin_options=args.plugin_options, model_uri=args.model_uri)
+    load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
     check_model_uri(settings.model_uri)
     return settings
 
@@ -198,9 +200,9 @@ class Progress:
 
 def add_plugin_args(parser):
     """The flags naming the plugin, the model and the inputs' media type (for `score` and `spark-score`)."""
-    parser.add_argument("--conf", help="the server's YAML conf file: plugin, plugin_class and model_uri are read from it")
-    parser.add_argument("--plugin-file", dest="plugin", metavar="FILE", help="path of the plugin's Python file")
-    parser.add_argument("--plugin-class", help=f"plugin class as module.Class (default {DEFAULT_PLUGIN_CLASS})")
+    parser.add_argument("--conf", help="the server's YAML conf file: plugin, plugin_class, plugin_options and model_uri "
+                        "are read from it")
+    add_plugin_flags(parser)
     parser.add_argument("--model-uri", help="MLflow model URI")
     parser.add_argument("--content-type",
                         help="media type of the input files (default: from each file's extension, else the plugin's first)")
@@ -237,7 +239,7 @@ def main(argv=None):
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    scorer = Scorer(load_plugin(settings.plugin, settings.plugin_class))
+    scorer = Scorer(load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options))
     try:
         scorer.load(settings.model_uri)
     except Exception as e:

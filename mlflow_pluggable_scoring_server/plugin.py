@@ -16,6 +16,10 @@ A plugin is a class with three methods::
         def request_content_type(self):
             return "application/json"            # or a list: ["image/png", "image/jpeg"]
 
+A plugin is either a Python file (``--plugin-file plugin.py``) or an installed plugin
+registered under the entry-point group ``mlflow_pluggable_scoring_server.plugins``
+(``--plugin NAME``); the server ships ``pyfunc`` (the default) and ``image`` that way.
+
 Nothing here knows about HTTP: the server matches media types, negotiates the
 response type and encodes what ``predict`` returns (see ``media.py``).
 """
@@ -29,6 +33,8 @@ from abc import ABCMeta, abstractmethod
 from .errors import StartupError
 
 DEFAULT_PLUGIN_CLASS = "plugin.Plugin"
+DEFAULT_PLUGIN = "pyfunc"
+ENTRY_POINT_GROUP = "mlflow_pluggable_scoring_server.plugins"
 PLUGIN_METHODS = ("load_model", "predict", "request_content_type")
 
 
@@ -104,7 +110,38 @@ def response_media_types(plugin):
     return [t.split(";", 1)[0].strip().lower() for t in types]
 
 
-def load_plugin(path, class_name=DEFAULT_PLUGIN_CLASS):
+def is_plugin_file(spec):
+    """Whether a ``plugin`` setting names a Python file rather than an installed plugin."""
+    return spec.endswith(".py") or "/" in spec or os.sep in spec or os.path.isfile(spec)
+
+
+def installed_plugins():
+    """The installed plugins: ``{name: entry point}`` of the group ``ENTRY_POINT_GROUP``."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_plugin(spec, class_name=DEFAULT_PLUGIN_CLASS, options=None):
+    """Load the plugin ``spec``: a Python file (with ``class_name`` in it) or an installed plugin's name.
+
+    ``options`` (a mapping) are passed to the plugin class as keyword arguments.
+    Raises :class:`StartupError` with a one-line reason.
+    """
+    if is_plugin_file(spec):
+        return load_file_plugin(spec, class_name, options)
+    plugins = installed_plugins()
+    if spec not in plugins:
+        raise StartupError(f"no installed plugin named '{spec}' (installed: {', '.join(sorted(plugins)) or 'none'});"
+                           " give the path of a .py file for a plugin file")
+    try:
+        cls = plugins[spec].load()
+    except Exception as e:
+        raise StartupError(f"plugin '{spec}' ({plugins[spec].value}) failed to import: {type(e).__name__}: {e}") from e
+    return instantiate(cls, plugins[spec].value, f"entry point '{spec}'", options)
+
+
+def load_file_plugin(path, class_name=DEFAULT_PLUGIN_CLASS, options=None):
     """Import the plugin class ``class_name`` from the Python file ``path`` and instantiate it.
 
     ``class_name`` is ``module.Class`` as in 2020; only the part after the last dot
@@ -127,11 +164,11 @@ def load_plugin(path, class_name=DEFAULT_PLUGIN_CLASS):
     except Exception as e:
         sys.modules.pop(module_name, None)
         raise StartupError(f"plugin file '{path}' failed to import: {type(e).__name__}: {e}") from e
-    return instantiate(getattr(module, class_name.rsplit(".", 1)[-1], None), class_name, path)
+    return instantiate(getattr(module, class_name.rsplit(".", 1)[-1], None), class_name, path, options)
 
 
-def instantiate(cls, class_name, where):
-    """Check that ``cls`` is a plugin class and create the plugin."""
+def instantiate(cls, class_name, where, options=None):
+    """Check that ``cls`` is a plugin class and create the plugin with ``options`` as keyword arguments."""
     if cls is None:
         raise StartupError(f"plugin class '{class_name}' not found in '{where}'")
     missing = [m for m in PLUGIN_METHODS if not callable(getattr(cls, m, None))]
@@ -142,7 +179,7 @@ def instantiate(cls, class_name, where):
             + (f" (missing: {', '.join(missing)})" if missing and isinstance(cls, type) else "")
         )
     try:
-        plugin = cls()
+        plugin = cls(**(options or {}))
         request_media_types(plugin)
     except Exception as e:
         raise StartupError(f"plugin class '{class_name}' cannot be used: {type(e).__name__}: {e}") from e

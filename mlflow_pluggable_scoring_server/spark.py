@@ -12,6 +12,7 @@ uses Spark (the Spark ML sample) starts it in ``load_model``, in the worker.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -19,7 +20,7 @@ from .errors import ScoringError, StartupError
 from .media import JSON
 from .models import local_path
 from .offline import add_plugin_args, content_type_for, failure_reason, plugin_settings
-from .plugin import DEFAULT_PLUGIN_CLASS, load_plugin, request_media_types
+from .plugin import DEFAULT_PLUGIN_CLASS, is_plugin_file, load_plugin, request_media_types
 
 RESULT_SCHEMA = "prediction string, error string"
 TEXT_SUFFIXES = (".jsonl", ".ndjson")
@@ -53,23 +54,24 @@ def local_session(master="local[*]", app_name="mlflow-pluggable-scoring-server",
     return spark
 
 
-def _scorer(plugin_file, plugin_class, model_uri):
+def _scorer(plugin, plugin_class, options, model_uri):
     """This worker's scorer for the plugin and model, loaded on first use."""
     from .scoring import Scorer
 
-    key = (plugin_file, plugin_class, model_uri)
+    key = (plugin, plugin_class, json.dumps(options, sort_keys=True), model_uri)
     if key not in _scorers:
-        scorer = Scorer(load_plugin(plugin_file, plugin_class))
+        scorer = Scorer(load_plugin(plugin, plugin_class, options))
         scorer.load(model_uri)
         _scorers[key] = scorer
     return _scorers[key]
 
 
-def plugin_udf(plugin, model_uri, plugin_class=DEFAULT_PLUGIN_CLASS, content_type=None, accept=JSON):
+def plugin_udf(plugin, model_uri, plugin_class=DEFAULT_PLUGIN_CLASS, content_type=None, accept=JSON, options=None):
     """A Spark UDF scoring a column of request bodies with a plugin and a model.
 
-    :param plugin: path of the plugin's Python file, as in the server's conf; it and
-        ``model_uri`` must be readable where the executors run.
+    :param plugin: path of the plugin's Python file or name of an installed plugin, as in
+        the server's conf; it and ``model_uri`` must be readable where the executors run.
+    :param options: the plugin's options (``plugin_options``).
     :param content_type: the media type the bodies are sent as; by default the
         plugin's first request type, or one guessed from a file name column.
     :param accept: the answer's media type (a text type: JSON or CSV).
@@ -83,10 +85,11 @@ def plugin_udf(plugin, model_uri, plugin_class=DEFAULT_PLUGIN_CLASS, content_typ
     """
     from pyspark.sql.functions import udf
 
-    plugin_file = os.path.abspath(plugin)
+    if is_plugin_file(plugin):
+        plugin = os.path.abspath(plugin)
     if local_path(model_uri) is not None:  # executors' Python workers may run in another folder
         model_uri = os.path.abspath(local_path(model_uri))
-    accepted = request_media_types(load_plugin(plugin_file, plugin_class))
+    accepted = request_media_types(load_plugin(plugin, plugin_class, options))
 
     def score(body, name=None):
         if body is None:
@@ -94,7 +97,7 @@ def plugin_udf(plugin, model_uri, plugin_class=DEFAULT_PLUGIN_CLASS, content_typ
         body = body.encode() if isinstance(body, str) else bytes(body)
         media_type = content_type or content_type_for(name, accepted)
         try:
-            answer, _ = _scorer(plugin_file, plugin_class, model_uri).score(body, media_type, accept)
+            answer, _ = _scorer(plugin, plugin_class, options, model_uri).score(body, media_type, accept)
         except ScoringError as e:
             return None, failure_reason(e)
         return answer.decode(), None
@@ -155,7 +158,8 @@ def main(argv=None):
     from pyspark.sql import functions as F
 
     spark = local_session(args.master, "mlflow-pluggable-scoring-server spark-score")
-    score = plugin_udf(settings.plugin, settings.model_uri, settings.plugin_class, args.content_type, args.accept)
+    score = plugin_udf(settings.plugin, settings.model_uri, settings.plugin_class, args.content_type, args.accept,
+                       settings.plugin_options)
     inputs = read_inputs(spark, [os.path.abspath(p) if "://" not in p else p for p in args.inputs])
     scored = inputs.select("input", score("body", "name").alias("result")).select("input", "result.*").cache()
     scored.write.mode("overwrite" if args.overwrite else "errorifexists").format(args.format).save(args.output)

@@ -16,7 +16,7 @@ import sys
 import threading
 
 from . import __version__
-from .config import FIELDS, build_settings
+from .config import add_plugin_flags, build_settings, flag_help
 from .envs import ENV_MANAGERS, prepare_environment
 from .errors import StartupError
 from .models import check_model_uri
@@ -28,9 +28,6 @@ WORKER_BOOT_ERROR = 3  # gunicorn halts the whole server when a worker exits wit
 
 
 def parse_args(argv=None):
-    def doc(name):
-        return FIELDS[name].metadata["doc"] + (" [conf: %s]" % name)
-
     p = argparse.ArgumentParser(
         prog="mlflow-pluggable-scoring-server",
         description="Serve an MLflow model through a plugin. Flags override the conf file.",
@@ -38,21 +35,20 @@ def parse_args(argv=None):
         allow_abbrev=False,  # else `--auth-token SECRET` would be taken for --auth-token-file
     )
     p.add_argument("--conf", help="YAML conf file with any of the keys below.")
-    p.add_argument("--host", help=doc("host"))
-    p.add_argument("--port", type=int, help=doc("port"))
-    p.add_argument("--plugin-file", dest="plugin", metavar="FILE", help=doc("plugin"))
-    p.add_argument("--plugin-class", help=doc("plugin_class"))
-    p.add_argument("--model-uri", help=doc("model_uri"))
-    p.add_argument("--packages", help=doc("packages") + " Comma-separated.")
-    p.add_argument("--env-manager", choices=ENV_MANAGERS, help=doc("env_manager"))
-    p.add_argument("--install-model-requirements", action="store_true", default=None, help=doc("install_model_requirements"))
-    p.add_argument("--workers", type=int, help=doc("workers"))
-    p.add_argument("--max-request-bytes", type=int, help=doc("max_request_bytes"))
-    p.add_argument("--max-image-pixels", type=int, help=doc("max_image_pixels"))
-    p.add_argument("--request-timeout", type=float, help=doc("request_timeout"))
-    p.add_argument("--graceful-timeout", type=float, help=doc("graceful_timeout"))
-    p.add_argument("--auth-token-file", metavar="FILE", help=doc("auth_token_file"))
-    p.add_argument("--public-endpoints", help=doc("public_endpoints") + " Comma-separated.")
+    p.add_argument("--host", help=flag_help("host"))
+    p.add_argument("--port", type=int, help=flag_help("port"))
+    add_plugin_flags(p)
+    p.add_argument("--model-uri", help=flag_help("model_uri"))
+    p.add_argument("--packages", help=flag_help("packages") + " Comma-separated.")
+    p.add_argument("--env-manager", choices=ENV_MANAGERS, help=flag_help("env_manager"))
+    p.add_argument("--install-model-requirements", action="store_true", default=None, help=flag_help("install_model_requirements"))
+    p.add_argument("--workers", type=int, help=flag_help("workers"))
+    p.add_argument("--max-request-bytes", type=int, help=flag_help("max_request_bytes"))
+    p.add_argument("--max-image-pixels", type=int, help=flag_help("max_image_pixels"))
+    p.add_argument("--request-timeout", type=float, help=flag_help("request_timeout"))
+    p.add_argument("--graceful-timeout", type=float, help=flag_help("graceful_timeout"))
+    p.add_argument("--auth-token-file", metavar="FILE", help=flag_help("auth_token_file"))
+    p.add_argument("--public-endpoints", help=flag_help("public_endpoints") + " Comma-separated.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p.parse_args(argv)
 
@@ -144,7 +140,7 @@ def main(argv=None):
         logging.config.dictConfig(logging_config(settings))
         check_model_uri(settings.model_uri)
         prepare_environment(settings, argv)  # may re-execute this command in a created environment
-        plugin = load_plugin(settings.plugin, settings.plugin_class)
+        plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
         token = settings.auth_token()
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,7 +25,9 @@ def assert_one_line_failure(proc, message):
          "model URI 'no/such/model' does not resolve"),
         (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", "file:///no/such/model"], "does not resolve"),
         (["--plugin-file", TEST_PLUGINS / "third_party.py"], "no model: give --model-uri"),
-        (["--model-uri", WINE / "model"], "no plugin: give --plugin-file"),
+        (["--plugin", "no_such_plugin", "--model-uri", WINE / "model"], "no installed plugin named 'no_such_plugin'"),
+        (["--plugin-file", TEST_PLUGINS / "third_party.py", "--plugin-option", "size=28", "--model-uri", WINE / "model"],
+         "cannot be used: TypeError"),
         (["--conf", "no/such/conf.yaml"], "cannot read conf file 'no/such/conf.yaml'"),
         (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", WINE / "model", "--workers", "0"],
          "workers must be at least 1"),
@@ -35,6 +37,11 @@ def assert_one_line_failure(proc, message):
 )
 def test_startup_failures_say_one_line(sample_models, args, message):
     assert_one_line_failure(run_cli(*args), message)
+
+
+def test_plugin_options_must_be_key_value():
+    proc = run_cli("--plugin-option", "size", "--model-uri", WINE / "model")
+    assert proc.returncode == 2 and "--plugin-option: expected KEY=VALUE, not 'size'" in proc.stderr
 
 
 @pytest.mark.parametrize(
