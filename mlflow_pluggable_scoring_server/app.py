@@ -56,7 +56,7 @@ def request_body(limit):
 
 def endpoint_group(path):
     """The group an endpoint belongs to, for ``public_endpoints``: health, metrics, docs or api."""
-    if path.startswith("/api/health/"):
+    if path.startswith("/api/health/") or path in ("/ping", "/health", "/version"):
         return "health"
     if path == "/metrics":
         return "metrics"
@@ -125,6 +125,22 @@ def create_app(scorer, settings, metrics=None, token=None):
 
     ns = api.namespace("api", description="Scoring", path="/api")
 
+    def score():
+        """Answer a scoring request: /api/predict and MLflow's /invocations alike."""
+        try:
+            body, media_type = scorer.score(
+                request_body(settings.max_request_bytes),
+                request.headers.get("Content-Type"),
+                request.headers.get("Accept"),
+            )
+        except ScoringError as e:  # already logged where it happened
+            if metrics:
+                metrics.prediction_errors.labels(e.error_code).inc()
+            return error_body(e)
+        if metrics:
+            metrics.batch_size.observe(1)
+        return Response(body, status=200, content_type=media_type)
+
     @ns.route("/predict")
     class Predict(Resource):
         @ns.doc(
@@ -133,19 +149,7 @@ def create_app(scorer, settings, metrics=None, token=None):
             responses={status.value: status.phrase for status in _PREDICT_STATUSES},
         )
         def post(self):
-            try:
-                body, media_type = scorer.score(
-                    request_body(settings.max_request_bytes),
-                    request.headers.get("Content-Type"),
-                    request.headers.get("Accept"),
-                )
-            except ScoringError as e:  # already logged where it happened
-                if metrics:
-                    metrics.prediction_errors.labels(e.error_code).inc()
-                return error_body(e)
-            if metrics:
-                metrics.batch_size.observe(1)
-            return Response(body, status=200, content_type=media_type)
+            return score()
 
     @ns.route("/status")
     class Status(Resource):
@@ -186,6 +190,35 @@ def create_app(scorer, settings, metrics=None, token=None):
                 return {"status": "ready"}
             return error_body(NotReady("the model is still loading"))
 
+    mlflow = api.namespace("mlflow", description="MLflow's scoring server endpoints", path="/")
+
+    @mlflow.route("/invocations")
+    class Invocations(Resource):
+        @mlflow.doc(
+            description="MLflow's scoring endpoint: the same as /api/predict, for clients written for "
+            "`mlflow models serve`.",
+            responses={status.value: status.phrase for status in _PREDICT_STATUSES},
+        )
+        def post(self):
+            return score()
+
+    @mlflow.route("/ping", "/health")
+    class Ping(Resource):
+        @mlflow.doc(
+            description="MLflow's health check: 200 with an empty body once the model is loaded, 503 before.",
+            responses={200: "Ready", 503: "Model still loading"},
+        )
+        def get(self):
+            if scorer.ready.is_set():
+                return Response("\n", status=200, content_type="application/json")
+            return error_body(NotReady("the model is still loading"))
+
+    @mlflow.route("/version")
+    class Version(Resource):
+        @mlflow.doc(description="The version of MLflow serving the model, as MLflow's server answers it.")
+        def get(self):
+            return Response(mlflow_version(), status=200, content_type="application/json")
+
     spec = {}
 
     @app.get("/api/swagger")
@@ -195,6 +228,18 @@ def create_app(scorer, settings, metrics=None, token=None):
         return jsonify(spec)
 
     return app
+
+
+def mlflow_version():
+    """The installed MLflow's version, without importing MLflow."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in ("mlflow", "mlflow-skinny"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 class ScoringApi(Api):

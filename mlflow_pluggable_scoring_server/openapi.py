@@ -6,7 +6,7 @@ with the plugin's media types, binary ones as ``format: binary``, and the UI off
 a file picker for them.
 """
 
-PREDICT_PATH = "/api/predict"
+SCORING_PATHS = ("/api/predict", "/invocations")  # /invocations: MLflow's name for the same endpoint
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -55,7 +55,7 @@ def openapi_spec(swagger2, request_types, response_types):
         for method, op in item.items():
             if method == "parameters":
                 continue
-            predict = path == PREDICT_PATH and method == "post"
+            predict = path in SCORING_PATHS and method == "post"
             operation = _operation(op, response_types if predict else ["application/json"])
             if predict:
                 operation["requestBody"] = {

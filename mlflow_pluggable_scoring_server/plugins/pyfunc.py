@@ -3,42 +3,62 @@
 The request is what MLflow's ``/invocations`` takes: JSON (``dataframe_split``,
 ``dataframe_records``, ``instances``, ``inputs``, with ``params``), CSV or Parquet,
 parsed and checked against the model's signature by MLflow's own code, so the answers
-are MLflow's: ``{"predictions": ...}``. Errors keep MLflow's status and error code, but
-their message never echoes the request and carries no stack trace.
+are MLflow's: ``{"predictions": ...}``, byte for byte. Errors keep MLflow's status and
+error code, but their message never quotes the request and carries no stack trace.
 """
 
+import logging
+import re
 from typing import NamedTuple
 
-from ..errors import ScoringError
+from ..errors import ScoringError, UnsupportedMediaType
 from ..plugin import BasePlugin
 
-# MLflow prefixes a failed prediction's message with the whole input; the reason follows this.
-_ECHO_PREFIX, _REASON = "Failed to predict data", "\nError: "
+logger = logging.getLogger(__name__)
+
+# Where MLflow's messages quote the request as a whole: the undecodable body after
+# "Input:", the input frame between "of data '" and its schema (greedy: the frame may hold quotes).
+_ECHOES = ((re.compile(r"\nInput: .*", re.S), ""), (re.compile(r"of data '.*' with schema '", re.S), "of the input with schema '"))
+# Anything else (values, column names quoted in an inner error) is caught token by token.
+_TOKEN = re.compile(r"\w{2,}")
+# The protocol's own keys: a message naming them does not quote the request.
+_PROTOCOL = frozenset({"dataframe_split", "dataframe_records", "instances", "inputs", "params", "columns", "data", "index"})
 
 
 class PyfuncModel(NamedTuple):
     pyfunc: object  # mlflow.pyfunc.PyFuncModel
     input_schema: object  # its signature's input schema, or None
+    names: frozenset  # the signature's input and param names: quoting them does not quote the request
 
 
 class PyfuncPlugin(BasePlugin):
     def load_model(self, model_uri):
-        import mlflow.pyfunc
+        import os
 
-        model = mlflow.pyfunc.load_model(model_uri)
-        return PyfuncModel(model, model.metadata.get_input_schema())
+        from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+        from mlflow.pyfunc.scoring_server import load_model_with_mlflow_config
+
+        # As `mlflow models serve` does: some flavors behave differently when serving.
+        os.environ[_MLFLOW_IS_IN_SERVING_ENVIRONMENT.name] = "true"
+        model = load_model_with_mlflow_config(model_uri)
+        schema, params = model.metadata.get_input_schema(), model.metadata.get_params_schema()
+        names = (schema.input_names() if schema and schema.has_input_names() else []) + (
+            [p.name for p in params.params] if params else [])
+        return PyfuncModel(model, schema, frozenset(map(str, names)))
 
     def predict(self, model, data):
         from mlflow.exceptions import MlflowException
         from mlflow.pyfunc.scoring_server import invocations
 
-        params = "".join(f"; {k}={v}" for k, v in data.media_params.items())
+        check_charset(data.media_params)
         try:
-            result = invocations(bytes(data), f"{data.media_type}{params}", model.pyfunc, model.input_schema)
+            result = invocations(bytes(data), data.media_type, model.pyfunc, model.input_schema)
         except MlflowException as e:
-            raise ScoringError(_reason(e.message), e.get_http_status_code(), e.error_code) from e
-        if result.status != 200:
-            raise ScoringError(result.response, result.status)
+            message = safe_message(e, data, model.names)
+            logger.info("MLflow refused a %s request: %s", data.media_type, message)
+            raise ScoringError(message, e.get_http_status_code(), e.error_code) from e
+        if result.status != 200:  # MLflow's own content-type refusals, which quote the header
+            raise ScoringError("MLflow cannot score this request", result.status)
         return result.response.encode()
 
     def request_content_type(self):
@@ -48,7 +68,38 @@ class PyfuncPlugin(BasePlugin):
         return ["application/json"]
 
 
-def _reason(message):
-    if message.startswith(_ECHO_PREFIX) and _REASON in message:
-        return message.split(_REASON, 1)[1]
-    return message
+def check_charset(media_params):
+    """MLflow's rule for Content-Type parameters: charset only, and only UTF-8 (else 415)."""
+    if media_params.get("charset", "utf-8").lower() != "utf-8":
+        raise UnsupportedMediaType("the scoring server only supports UTF-8: send charset=utf-8 or no charset")
+    if set(media_params) - {"charset"}:
+        raise UnsupportedMediaType("unrecognized Content-Type parameters: only charset is allowed")
+
+
+def safe_message(error, body, names=frozenset()):
+    """MLflow's message for ``error`` without any part of the request ``body``.
+
+    MLflow prefixes a failed prediction's message with the whole input (``e.message``;
+    the original is still ``e.args[0]``), appends an undecodable body, quotes the input
+    frame, and inner errors quote values or column names. The first two are removed; the
+    message is then cut where it first names a token of the body that is neither one of
+    the model's input or param ``names`` nor a key of MLflow's protocol.
+    """
+    if isinstance(error.__cause__, UnicodeDecodeError):  # its message holds the bytes
+        cause = error.__cause__
+        return f"Invalid input. The request is not valid UTF-8: {cause.reason} at byte {cause.start}."
+    message = str(error.args[0] if error.args else error.message)
+    for echo, replacement in _ECHOES:
+        message = echo.sub(replacement, message, count=1)
+    allowed = _PROTOCOL | {token for name in names for token in _TOKEN.findall(name)}
+    suspects = {m.group(): m.start() for m in reversed(list(_TOKEN.finditer(message))) if m.group() not in allowed}
+    echoed = _first_in(body, suspects)
+    if echoed is None:
+        return message
+    return message[:suspects[echoed]].rstrip(" :[({'\"") + " (the rest quotes the request and is withheld)"
+
+
+def _first_in(body, tokens):
+    """The one of ``tokens`` (a dict token -> position) first in the message that is a token of ``body``."""
+    found = {m.group() for m in _TOKEN.finditer(body.decode("utf-8", "replace")) if m.group() in tokens}
+    return min(found, key=tokens.get, default=None)
