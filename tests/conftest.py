@@ -53,13 +53,13 @@ class Server:
     def log(self):
         return Path(self.log_path).read_text()
 
-    def wait_ready(self, timeout=START_TIMEOUT):
+    def wait_ready(self, timeout=START_TIMEOUT, path="/api/health/ready"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + "/api/health/ready", timeout=2).status_code == 200:
+                if requests.get(self.url + path, timeout=2).status_code == 200:
                     return self
             except (requests.ConnectionError, requests.Timeout):  # not bound yet, or model still loading
                 pass
@@ -121,6 +121,12 @@ def start_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def wine_server(sample_models, start_server):
     return start_server("--conf", WINE / "conf.yaml")
+
+
+@pytest.fixture(scope="session")
+def pyfunc_server(sample_models, start_server):
+    """The wine model served with no plugin: through mlflow.pyfunc, as `mlflow models serve` serves it."""
+    return start_server("--model-uri", sample_models["wine"])
 
 
 @pytest.fixture(scope="session")

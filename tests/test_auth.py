@@ -36,13 +36,19 @@ def test_missing_or_wrong_token_is_401(auth_server, token, scheme):
     assert TOKEN not in r.text
 
 
+def test_invocations_needs_the_token_too(auth_server):
+    r = requests.post(auth_server.url + "/invocations", data=WINE_JSON.read_bytes(), headers={"Content-Type": "application/json"})
+    assert_error(r, 401, "UNAUTHORIZED", "Authorization: Bearer")
+
+
 def test_right_token_scores(auth_server):
     r = predict(auth_server, TOKEN)
     assert r.status_code == 200 and len(r.json()) == 3
 
 
 @pytest.mark.parametrize("path, status", [("/api/health/live", 200), ("/api/health/ready", 200), ("/metrics", 401),
-                                          ("/api/status", 401), ("/api/swagger", 401), ("/api/nothing", 401)])
+                                          ("/api/status", 401), ("/api/swagger", 401), ("/api/nothing", 401),
+                                          ("/ping", 200), ("/health", 200), ("/version", 200)])
 def test_only_health_is_open_by_default(auth_server, path, status):
     assert requests.get(auth_server.url + path).status_code == status
 

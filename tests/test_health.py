@@ -25,8 +25,12 @@ def test_ready_only_once_the_model_is_loaded(sample_models, start_server):
     assert early.status_code == 503 and early.json() == {
         "error_code": "SERVICE_UNAVAILABLE", "message": "the model is still loading; retry shortly"}
     assert requests.get(server.url + "/api/status").json()["model"]["ready"] is False
+    for path in ("/ping", "/health"):  # MLflow's health checks: load balancers wait for a 200
+        ping = requests.get(server.url + path, timeout=5)
+        assert ping.status_code == 503 and ping.json()["error_code"] == "SERVICE_UNAVAILABLE"
 
     server.wait_ready()
     assert requests.get(server.url + "/api/health/ready").json() == {"status": "ready"}
     assert server.predict(WINE_JSON.read_bytes()).status_code == 200
     assert requests.get(server.url + "/api/status").json()["model"]["ready"] is True
+    assert requests.get(server.url + "/ping").content == b"\n"
