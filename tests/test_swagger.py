@@ -45,3 +45,12 @@ def test_swagger_ui_is_served_offline_and_reads_the_spec(mnist_server):
     assert requests.get(mnist_server.url + bundle).status_code == 200
     root = requests.get(mnist_server.url + "/", allow_redirects=False)
     assert root.status_code == 302 and root.headers["Location"].endswith("/api/docs")
+
+
+def test_mlflow_endpoints_are_documented(mnist_spec):
+    paths = mnist_spec["paths"]
+    assert {"/invocations", "/ping", "/health", "/version"} <= set(paths)
+    invocations, predict = paths["/invocations"]["post"], paths["/api/predict"]["post"]
+    assert invocations["requestBody"] == predict["requestBody"]
+    assert invocations["responses"] == predict["responses"]
+    assert set(paths["/ping"]["get"]["responses"]) == {"200", "503"}
