@@ -202,12 +202,12 @@ def create_app(scorer, settings, metrics=None, token=None):
         def post(self):
             return score()
 
-    @mlflow.route("/ping", "/health")
+    # A route doc gives each of the two paths its own operation id.
+    @mlflow.route("/ping", "/health", doc={
+        "description": "MLflow's health check: 200 with an empty body once the model is loaded, 503 before.",
+        "responses": {200: "Ready", 503: "Model still loading"},
+    })
     class Ping(Resource):
-        @mlflow.doc(
-            description="MLflow's health check: 200 with an empty body once the model is loaded, 503 before.",
-            responses={200: "Ready", 503: "Model still loading"},
-        )
         def get(self):
             if scorer.ready.is_set():
                 return Response("\n", status=200, content_type="application/json")

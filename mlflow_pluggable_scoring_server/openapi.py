@@ -7,6 +7,9 @@ a file picker for them.
 """
 
 SCORING_PATHS = ("/api/predict", "/invocations")  # /invocations: MLflow's name for the same endpoint
+# MLflow's answers here are labelled application/json but are not JSON ("\n", "3.1.0"), so
+# their success is declared without a body schema that clients would try to parse.
+UNDESCRIBED_PATHS = ("/ping", "/health", "/version")
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -42,7 +45,7 @@ def _operation(op, produces):
         content = {t: {"schema": body_schema(t)} for t in produces} if ok else {
             "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
         }
-        responses[str(code)] = {"description": response.get("description", ""), "content": content}
+        responses[str(code)] = {"description": response.get("description", ""), **({"content": content} if content else {})}
     out["responses"] = responses
     return out
 
@@ -56,7 +59,8 @@ def openapi_spec(swagger2, request_types, response_types):
             if method == "parameters":
                 continue
             predict = path in SCORING_PATHS and method == "post"
-            operation = _operation(op, response_types if predict else ["application/json"])
+            produces = response_types if predict else [] if path in UNDESCRIBED_PATHS else ["application/json"]
+            operation = _operation(op, produces)
             if predict:
                 operation["requestBody"] = {
                     "required": True,
