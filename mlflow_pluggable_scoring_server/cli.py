@@ -12,6 +12,7 @@ COMMANDS = {
     "docker-build": ("mlflow_pluggable_scoring_server.docker_build", "build a container image serving a model through a plugin"),
     "score": ("mlflow_pluggable_scoring_server.offline", "score files or rows on this machine, resumably"),
     "spark-score": ("mlflow_pluggable_scoring_server.spark", "score files or rows on Spark"),
+    "check-plugin": ("mlflow_pluggable_scoring_server.check", "check that a plugin keeps the server's contract with a model"),
 }
 
 

@@ -181,6 +181,8 @@ def instantiate(cls, class_name, where, options=None):
     try:
         plugin = cls(**(options or {}))
         request_media_types(plugin)
+    except StartupError as e:  # the plugin's own one-line reason, e.g. a bad option
+        raise StartupError(f"{cls.__name__}: {e}") from e
     except Exception as e:
         raise StartupError(f"plugin class '{class_name}' cannot be used: {type(e).__name__}: {e}") from e
     return plugin

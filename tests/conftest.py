@@ -140,6 +140,12 @@ def mnist_server(sample_models, start_server):
 
 
 @pytest.fixture(scope="session")
+def image_server(sample_models, start_server):
+    """The Keras digit model served by the built-in image plugin: no plugin code."""
+    return start_server("--plugin", "image", "--plugin-option", "size=28x28", "--model-uri", MNIST / "model")
+
+
+@pytest.fixture(scope="session")
 def sparkml_server(sample_models, start_server):
     """The Spark ML wine sample: its worker starts a local Spark (Java) when it loads the model."""
     return start_server("--conf", SPARKML / "conf.yaml")

@@ -28,7 +28,8 @@ from conftest import ROOT, WINE_JSON, Server, free_port
 README = ROOT / "README.md"
 MARKER = re.compile(r"<!-- test: (\S+)(?: (\S+))?(?: (\S+))? -->")
 DEFAULT_URL = "http://127.0.0.1:5005"
-SERVERS = {"wine": "wine_server", "pyfunc": "pyfunc_server", "onnx": "onnx_server", "mnist": "mnist_server", "sparkml": "sparkml_server"}
+SERVERS = {"wine": "wine_server", "pyfunc": "pyfunc_server", "onnx": "onnx_server", "mnist": "mnist_server",
+           "sparkml": "sparkml_server", "image": "image_server"}
 
 
 def shell_blocks():
