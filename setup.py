@@ -30,7 +30,8 @@ setup(
         # What the samples and the test suite need on top of the server.
         "samples": ["scikit-learn>=1.5", "skl2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.16", "pandas>=2",
                     "pyspark>=4.0,<4.3"],  # the Spark ML sample and spark-score; needs Java 17
-        "test": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7", "schemathesis>=4"],
+        "test": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7", "schemathesis>=4",
+                 "setuptools>=61", "wheel"],  # the test plugin package is built offline
     },
     entry_points={
         "console_scripts": ["mlflow-pluggable-scoring-server = mlflow_pluggable_scoring_server.cli:main"],

@@ -137,6 +137,13 @@ def train_keras_mnist():
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    import tensorflow as tf
+
+    # The same weights on every run and machine load: deterministic kernels, and one thread
+    # so that float sums are always added in the same order.
+    tf.config.experimental.enable_op_determinism()
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     keras.utils.set_random_seed(SEED)
     images, labels = shifted_copies(*mnist_like_digits(), copies=4, rng=np.random.default_rng(SEED))
     model = keras.Sequential(
