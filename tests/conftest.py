@@ -118,6 +118,18 @@ def start_server(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, sample_models):
+    """A sqlite registry with the samples registered by the project's own script."""
+    folder = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    proc = subprocess.run([sys.executable, str(SAMPLES / "register_samples.py"), "--tracking-uri", uri],
+                          capture_output=True, text=True, cwd=folder, check=True)
+    runs = dict(re.findall(r"^(\w+): version 1, run (\w+)$", proc.stdout, re.M))
+    assert set(runs) == {"sklearn_wine", "onnx_wine", "keras_mnist"}, proc.stdout
+    return {"env": {"MLFLOW_TRACKING_URI": uri}, "runs": runs}
+
+
 @pytest.fixture(scope="session")
 def wine_server(sample_models, start_server):
     return start_server("--conf", WINE / "conf.yaml")

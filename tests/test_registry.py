@@ -1,26 +1,10 @@
 """Model URIs through a real sqlite-backed MLflow Model Registry: runs:/, models:/ by version, alias, stage."""
 
-import re
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import requests
 
-from conftest import DIGIT_PNG, MNIST, SAMPLES, TEST_PLUGINS, WINE, WINE_JSON, WINE_ONNX
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory, sample_models):
-    """A sqlite registry with the samples registered by the project's own script."""
-    folder = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    proc = subprocess.run([sys.executable, str(SAMPLES / "register_samples.py"), "--tracking-uri", uri],
-                          capture_output=True, text=True, cwd=folder, check=True)
-    runs = dict(re.findall(r"^(\w+): version 1, run (\w+)$", proc.stdout, re.M))
-    assert set(runs) == {"sklearn_wine", "onnx_wine", "keras_mnist"}, proc.stdout
-    return {"env": {"MLFLOW_TRACKING_URI": uri}, "runs": runs}
+from conftest import DIGIT_PNG, MNIST, TEST_PLUGINS, WINE, WINE_JSON, WINE_ONNX
 
 
 @pytest.fixture(scope="module")
