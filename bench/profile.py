@@ -10,6 +10,7 @@ stage's share of the worker's busy samples and its microseconds per request.
 
 import argparse
 import collections
+import os
 import re
 import shlex
 import shutil
@@ -24,28 +25,40 @@ import run  # noqa: E402  (bench/run.py: servers, wrk, /proc)
 # (stage, pattern on "function (file:line)"), tried on each frame from the innermost outwards.
 STAGES = [
     ("model: onnxruntime session.run", r"onnxruntime"),
-    ("model: scikit-learn predict", r"/sklearn/"),
-    ("model: keras/tensorflow predict", r"/(keras|tensorflow)/"),
+    ("model: scikit-learn predict", r"[(/]sklearn/"),
+    ("model: keras/tensorflow predict", r"[(/](keras|tensorflow)/"),
     ("plugin: decode request (read_split_frame, json, numpy)", r"decoders\.py|read_split_frame"),
     ("plugin: other", r"plugin_samples/"),
     ("encode response (media.encode)", r"mlflow_pluggable_scoring_server/media\.py"),
     ("request deadline (signal, setitimer)", r"deadline|setitimer|signal\.py"),
     ("scoring.py (rest: negotiate, Payload)", r"mlflow_pluggable_scoring_server/(scoring|plugin)\.py"),
     ("prometheus metrics", r"prometheus_client|mlflow_pluggable_scoring_server/metrics\.py"),
-    ("logging", r"/logging/"),
+    ("logging", r"[(/]logging/"),
     ("app.py handlers (predict, auth, hooks)", r"mlflow_pluggable_scoring_server/app\.py"),
     ("Flask-RESTX dispatch", r"flask_restx"),
-    ("Flask dispatch (request context, hooks, routing)", r"/flask/"),
-    ("werkzeug (routing, request/response objects, headers)", r"/werkzeug/"),
+    ("Flask dispatch (request context, hooks, routing)", r"[(/]flask/"),
+    ("werkzeug (routing, request/response objects, headers)", r"[(/]werkzeug/"),
     ("gunicorn: read and parse the request", r"gunicorn/http/(parser|message|unreader|body)\.py"),
     ("gunicorn: environ, write the response", r"gunicorn/http/wsgi\.py|gunicorn/util\.py"),
-    ("gunicorn: worker loop (accept, select, close)", r"gunicorn/"),
+    # A sync worker closes every connection, then waits for the client's FIN (RFC 9112 9.6).
+    ("gunicorn: close_graceful (waits for the client to close)", r"close_graceful"),
+    ("gunicorn: waiting for a connection (select)", r"^wait \(.*gunicorn/workers/sync\.py"),
+    ("gunicorn: worker loop (accept, close)", r"gunicorn/"),
     # For --server mlflow:
-    ("pandas", r"/pandas/"),
+    ("pandas", r"[(/]pandas/"),
     ("MLflow: input parsing, schema enforcement", r"mlflow/(models|types|pyfunc/utils)"),
     ("MLflow: scoring server, pyfunc", r"mlflow/"),
     ("uvicorn, starlette, FastAPI, asyncio", r"uvicorn|starlette|fastapi|asyncio|anyio|h11"),
 ]
+
+
+def cpu_seconds(pids):
+    """User + system CPU time of these processes, from /proc: unlike samples, not inflated by waiting for a core."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def stage(stack):
@@ -70,11 +83,11 @@ def summarise(raw, requests, rate, duration, workers):
         stages[stage(stack)] += int(count)
         leaves[re.sub(r":\d+\)", ")", self_time(stack))] += int(count)
         total += int(count)
-    # py-spy drops idle samples (a worker waiting in select or recv): busy samples measure work.
+    # Without --idle py-spy drops the samples of a worker waiting (in select, recv): the rest is work.
     busy_us = total / rate / requests * 1e6 if requests else 0
-    lines = [f"{requests} requests in {duration} s; the worker(s) busy {100 * total / (rate * duration * workers):.0f}% "
-             f"of the time, {busy_us:.0f} us per request ({total} busy samples at {rate} Hz)", "",
-             "| stage | share of busy samples | us per request |", "|---|---:|---:|"]
+    lines = [f"{requests} requests in {duration} s; {total} samples at {rate} Hz, "
+             f"{100 * total / (rate * duration * workers):.0f}% of the worker(s)' wall time: {busy_us:.0f} us per request", "",
+             "| stage | share of samples | us per request |", "|---|---:|---:|"]
     for name, n in stages.most_common():
         lines.append(f"| {name} | {100 * n / total:.1f}% | {busy_us * n / total:.0f} |")
     lines += ["", "Innermost functions (self time):", ""]
@@ -89,6 +102,8 @@ def main(argv=None):
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--duration", type=int, default=10, help="seconds of profiled load (default 10)")
     p.add_argument("--ours-args", default="", help='extra flags for our server, e.g. "--workers 2"')
+    p.add_argument("--idle", action="store_true",
+                   help="keep idle samples (waiting in select, recv): shares of wall time, not of busy time")
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second (default 500)")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable")
     p.add_argument("--raw", help="also keep py-spy's collapsed stacks in this file")
@@ -105,9 +120,12 @@ def main(argv=None):
             run.wrk_load(wrk, predict, server.body, server.content_type, args.connections, 2, tmp)  # warm-up
             raw = Path(args.raw or Path(tmp) / "stacks.txt")
             spies = [subprocess.Popen([args.py_spy, "record", "--pid", str(pid), "--duration", str(args.duration),
-                                       "--rate", str(args.rate), "--format", "raw", "--output", f"{raw}.{pid}", "--nonblocking"],
+                                       "--rate", str(args.rate), "--format", "raw", "--output", f"{raw}.{pid}", "--nonblocking",
+                                       *(["--idle"] if args.idle else [])],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in workers]
+            cpu = cpu_seconds(workers)
             load = run.wrk_load(wrk, predict, server.body, server.content_type, args.connections, args.duration, tmp)
+            cpu = cpu_seconds(workers) - cpu
             for spy in spies:
                 spy.wait(timeout=60)
             stacks = "\n".join(Path(f"{raw}.{pid}").read_text() for pid in workers if Path(f"{raw}.{pid}").exists())
@@ -116,7 +134,8 @@ def main(argv=None):
         finally:
             run.stop(proc)
     print(f"{args.case}, {args.connections} connections, {len(workers)} worker(s): "
-          f"{load['rps']:.0f} req/s, p50 {load['p50']:.2f} ms, p99 {load['p99']:.2f} ms\n")
+          f"{load['rps']:.0f} req/s, p50 {load['p50']:.2f} ms, p99 {load['p99']:.2f} ms; "
+          f"{cpu / (load['rps'] * args.duration) * 1e6:.0f} us of the worker(s)' CPU time per request (from /proc)\n")
     print(summarise(stacks, round(load["rps"] * args.duration), args.rate, args.duration, len(workers)))
     return 0
 
