@@ -1,6 +1,6 @@
 """Where a request's time goes: py-spy on our gunicorn worker (or MLflow's) while wrk loads it.
 
-    .venv/bin/python bench/profile.py [--case onnx] [--server ours|mlflow] [--connections 8] [--duration 10]
+    .venv/bin/python bench/profile_server.py [--case onnx] [--server ours|mlflow|flask] [--connections 8] [--duration 10]
 
 Needs py-spy (`pip install py-spy`, anywhere: it is a standalone binary; --py-spy PATH) and
 wrk. Every sample is charged to the innermost frame that belongs to a stage of the request
@@ -98,7 +98,8 @@ def summarise(raw, requests, rate, duration, workers):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", default="onnx", choices=("onnx", "forest", "digits"))
-    p.add_argument("--server", default="ours", choices=("ours", "mlflow"))
+    p.add_argument("--server", default="ours", choices=("ours", "mlflow", "flask"),
+                   help="flask: the trivial Flask app of the ONNX case (the ceiling)")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--duration", type=int, default=10, help="seconds of profiled load (default 10)")
     p.add_argument("--ours-args", default="", help='extra flags for our server, e.g. "--workers 2"')
@@ -109,8 +110,8 @@ def main(argv=None):
     p.add_argument("--raw", help="also keep py-spy's collapsed stacks in this file")
     args = p.parse_args(argv)
     wrk = run.find_wrk()
-    servers = run.make_cases(shlex.split(args.ours_args), ceiling=False)[args.case].servers
-    server = servers[0 if args.server == "ours" else 1]
+    servers = run.make_cases(shlex.split(args.ours_args), ceiling=True)[args.case].servers
+    server = servers[{"ours": 0, "mlflow": 1, "flask": -1}[args.server]]
     with tempfile.TemporaryDirectory(prefix="mlflow-pss-profile-") as tmp:
         proc, url, started = run.start(server, tmp)
         try:
