@@ -137,8 +137,6 @@ def create_app(scorer, settings, metrics=None, token=None):
             if metrics:
                 metrics.prediction_errors.labels(e.error_code).inc()
             return error_body(e)
-        if metrics:
-            metrics.batch_size.observe(1)
         return Response(body, status=200, content_type=media_type)
 
     @ns.route("/predict")

@@ -48,6 +48,16 @@ class Settings:
     max_request_bytes: int = _doc("Largest request body accepted; larger ones get 413.", default=16 * 1024 * 1024)
     max_image_pixels: int = _doc("Largest image (width x height) a plugin may decode; larger ones get 400.", default=25_000_000)
     request_timeout: float = _doc("Seconds a prediction may take; slower ones get 504.", default=60.0)
+    max_batch_size: int = _doc(
+        "Most requests merged into one model call, for a plugin that can batch (BatchPlugin);"
+        " 1: no batching. Default: the plugin's max_batch_size, else 1.",
+        default=None,
+    )
+    max_batch_time_ms: float = _doc(
+        "Milliseconds the first request of a batch waits for others to join it."
+        " Default: the plugin's max_batch_time_ms, else 2.",
+        default=None,
+    )
     graceful_timeout: float = _doc("Seconds to finish requests in flight after SIGTERM.", default=30.0)
     auth_token_file: str = _doc(
         f"File holding the bearer token callers must send (or set {AUTH_TOKEN_ENV}); none: no auth.", default=None

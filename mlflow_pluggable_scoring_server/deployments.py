@@ -38,9 +38,9 @@ from .plugin import is_plugin_file
 TARGET = "pluggable"
 STATE_DIR_VAR = "MLFLOW_PLUGGABLE_SCORING_SERVER_DEPLOYMENTS"
 FLAVOR = "python_function"
-# The server's endpoints the target uses; MLflow's /ping and /invocations can replace them here.
-READY_PATH = "/api/health/ready"
-PREDICT_PATH = "/api/predict"
+# MLflow's own endpoints, which the server answers as `mlflow models serve` does.
+READY_PATH = "/ping"
+PREDICT_PATH = "/invocations"
 
 DEPLOYMENT_KEYS = {
     "conf": "A conf file of the server (with the keys above); -C keys override it. Read at create and update.",

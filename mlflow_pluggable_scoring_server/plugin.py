@@ -16,6 +16,11 @@ A plugin is a class with three methods::
         def request_content_type(self):
             return "application/json"            # or a list: ["image/png", "image/jpeg"]
 
+A plugin that can score many requests in one model call subclasses :class:`BatchPlugin`
+instead: it splits ``predict`` into ``preprocess`` (one body to a model input) and
+``inference`` (one model call on stacked inputs), and the server may then merge
+concurrent requests (``max_batch_size``, see ``batching.py``).
+
 A plugin is either a Python file (``--plugin-file plugin.py``) or an installed plugin
 registered under the entry-point group ``mlflow_pluggable_scoring_server.plugins``
 (``--plugin NAME``); the server ships ``pyfunc`` (the default) and ``image`` that way.
@@ -26,6 +31,7 @@ response type and encodes what ``predict`` returns (see ``media.py``).
 
 import hashlib
 import importlib.util
+import itertools
 import os
 import sys
 from abc import ABCMeta, abstractmethod
@@ -94,6 +100,74 @@ class BasePlugin(metaclass=ABCMeta):
 
     def __repr__(self):
         return f"{type(self).__name__}(request_content_type={self.request_content_type()!r})"
+
+
+class BatchPlugin(BasePlugin):
+    """A plugin whose model call can take several requests at once (vocabulary from TorchServe).
+
+    Implement ``load_model``, ``request_content_type``, :meth:`preprocess` and :meth:`inference`;
+    ``predict`` is then one request through all the steps, and with ``max_batch_size`` > 1 the
+    server runs :meth:`preprocess` and :meth:`postprocess` per request and :meth:`run_batch` on
+    many at once. The defaults of :meth:`stack` and :meth:`split` handle numpy arrays and pandas
+    DataFrames whose rows are the samples. Class attributes ``max_batch_size`` and
+    ``max_batch_time_ms`` are the plugin's defaults for those settings; conf and flags win.
+    """
+
+    max_batch_size = 1
+    max_batch_time_ms = 2.0
+
+    @abstractmethod
+    def preprocess(self, model, data):
+        """Decode one request body (a :class:`Payload`) into a model input: rows that :meth:`stack` can join.
+
+        Raise :class:`~mlflow_pluggable_scoring_server.errors.InvalidInput` for a body that
+        cannot be scored; it fails that request only.
+        """
+
+    @abstractmethod
+    def inference(self, model, batch):
+        """Run the model once on stacked inputs; returns one output row per input row."""
+
+    def stack(self, inputs):
+        """Join decoded inputs into one batch: DataFrames (or Series) end to end, arrays along axis 0."""
+        if _is_pandas(inputs[0]):
+            import pandas as pd
+
+            return pd.concat(inputs, ignore_index=True)
+        import numpy as np
+
+        return np.concatenate(inputs)
+
+    def split(self, outputs, sizes):
+        """Cut the batch's outputs back into one output per input; ``sizes`` are the inputs' row counts."""
+        if len(outputs) != sum(sizes):
+            raise ValueError(f"inference returned {len(outputs)} rows for {sum(sizes)} input rows")
+        ends = list(itertools.accumulate(sizes))
+        if _is_pandas(outputs):
+            return [outputs.iloc[end - size:end].reset_index(drop=True) for size, end in zip(sizes, ends)]
+        return [outputs[end - size:end] for size, end in zip(sizes, ends)]
+
+    def postprocess(self, model, output):
+        """Turn one request's output into what ``predict`` returns (by default, the output itself)."""
+        return output
+
+    def run_batch(self, model, inputs):
+        """Score decoded inputs in one model call: stack, inference, split. Returns one output per input."""
+        return self.split(self.inference(model, self.stack(inputs)), [len(x) for x in inputs])
+
+    def predict(self, model, data):
+        """One request, unbatched: the steps above with a batch of one."""
+        return self.postprocess(model, self.run_batch(model, [self.preprocess(model, data)])[0])
+
+
+def _is_pandas(value):
+    """A DataFrame or Series, told without importing pandas."""
+    return type(value).__module__.partition(".")[0] == "pandas"
+
+
+def is_batchable(plugin):
+    """Whether requests to ``plugin`` can be merged into one model call."""
+    return isinstance(plugin, BatchPlugin)
 
 
 def request_media_types(plugin):

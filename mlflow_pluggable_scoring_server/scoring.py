@@ -8,12 +8,18 @@ import logging
 import signal
 import threading
 from contextlib import contextmanager, nullcontext
+from functools import partial
 
+from .batching import Batcher
 from .errors import InvalidInput, NotReady, RequestTimeout, ScoringError
 from .media import check_content_type, diagnose, encode, negotiate
 from .plugin import Payload, request_media_types, response_media_types
 
 logger = logging.getLogger(__name__)
+
+
+def too_slow(seconds):
+    return RequestTimeout(f"the prediction took longer than the server's limit of {seconds:g} s")
 
 
 @contextmanager
@@ -29,7 +35,7 @@ def deadline(seconds):
         return
 
     def expire(signum, frame):
-        raise RequestTimeout(f"the prediction took longer than the server's limit of {seconds:g} s")
+        raise too_slow(seconds)
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -41,12 +47,21 @@ def deadline(seconds):
 
 
 class Scorer:
-    """A plugin and, once :meth:`load` has run, its model."""
+    """A plugin and, once :meth:`load` has run, its model.
 
-    def __init__(self, plugin, timeout=None):
+    With ``max_batch_size`` > 1 (a :class:`~.plugin.BatchPlugin`), concurrent requests share
+    model calls through a :class:`~.batching.Batcher`, waiting up to ``max_batch_time_ms`` for
+    each other. ``on_batch(size)`` is told how many requests each successful model call scored.
+    """
+
+    def __init__(self, plugin, timeout=None, max_batch_size=1, max_batch_time_ms=0, on_batch=None):
         self.plugin = plugin
         self.model = None
         self.timeout = timeout
+        self.max_batch_size = max_batch_size
+        self.max_batch_time_ms = max_batch_time_ms
+        self.on_batch = on_batch or (lambda size: None)
+        self.batcher = None
         self.ready = threading.Event()
         self.request_types = request_media_types(plugin)
         self.response_types = response_media_types(plugin)
@@ -54,6 +69,9 @@ class Scorer:
     def load(self, model_uri):
         """Load the model with the plugin (may take long: call it off the serving thread)."""
         self.model = self.plugin.load_model(model_uri)
+        if self.max_batch_size > 1:
+            self.batcher = Batcher(partial(self.plugin.run_batch, self.model), self.max_batch_size,
+                                   self.max_batch_time_ms / 1000, self.on_batch)
         self.ready.set()
 
     def score(self, body, content_type, accept):
@@ -70,24 +88,48 @@ class Scorer:
         if not body:
             raise InvalidInput("request body is empty")
         response_type = negotiate(accept, self.response_types)
-        with deadline(self.timeout) if self.timeout else nullcontext():
-            return self._predict(Payload(body, media_type, params), response_type)
+        payload = Payload(body, media_type, params)
+        if self.batcher:
+            answer = self._encode(self._predict_batched(payload), response_type)
+        else:
+            with deadline(self.timeout) if self.timeout else nullcontext():
+                answer = self._encode(self._predict(payload), response_type)
+            self.on_batch(1)
+        return answer, response_type
 
-    def _predict(self, payload, response_type):
-        media_type = payload.media_type
+    def _predict(self, payload):
+        with self._plugin_errors(payload):
+            return self.plugin.predict(self.model, payload)
+
+    def _predict_batched(self, payload):
+        """Preprocess here, share a model call with other requests, postprocess here; the timeout bounds the wait."""
+        with self._plugin_errors(payload):
+            future = self.batcher.submit(self.plugin.preprocess(self.model, payload))
+            try:
+                output = future.result(timeout=self.timeout)
+            except TimeoutError:
+                future.cancel()  # if it is still waiting for a batch, it never runs
+                raise too_slow(self.timeout) from None
+            return self.plugin.postprocess(self.model, output)
+
+    @contextmanager
+    def _plugin_errors(self, payload):
+        """Turn what a plugin raises into the error to answer: its own, 400 for a malformed body, else 500."""
         try:
-            result = self.plugin.predict(self.model, payload)
+            yield
         except ScoringError:
             raise
         except Exception as e:
             malformed = diagnose(payload)
             if malformed is not None:
-                logger.info("plugin refused a malformed %s body: %s", media_type, malformed.message)
+                logger.info("plugin refused a malformed %s body: %s", payload.media_type, malformed.message)
                 raise malformed from e
-            logger.exception("plugin %s failed on a %s request", type(self.plugin).__name__, media_type)
+            logger.exception("plugin %s failed on a %s request", type(self.plugin).__name__, payload.media_type)
             raise ScoringError("the plugin failed to score this request; the server log has the details") from e
+
+    def _encode(self, result, response_type):
         try:
-            return encode(result, response_type), response_type
+            return encode(result, response_type)
         except ScoringError:
             raise
         except Exception as e:

@@ -16,6 +16,7 @@ import sys
 import threading
 
 from . import __version__
+from .batching import batch_settings
 from .config import add_plugin_flags, build_settings, flag_help
 from .envs import ENV_MANAGERS, prepare_environment
 from .errors import StartupError
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--max-request-bytes", type=int, help=flag_help("max_request_bytes"))
     p.add_argument("--max-image-pixels", type=int, help=flag_help("max_image_pixels"))
     p.add_argument("--request-timeout", type=float, help=flag_help("request_timeout"))
+    p.add_argument("--max-batch-size", type=int, help=flag_help("max_batch_size"))
+    p.add_argument("--max-batch-time-ms", type=float, help=flag_help("max_batch_time_ms"))
     p.add_argument("--graceful-timeout", type=float, help=flag_help("graceful_timeout"))
     p.add_argument("--auth-token-file", metavar="FILE", help=flag_help("auth_token_file"))
     p.add_argument("--public-endpoints", help=flag_help("public_endpoints") + " Comma-separated.")
@@ -82,7 +85,13 @@ def make_server(settings, plugin, token):
         def load_config(self):
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
-            self.cfg.set("worker_class", "mlflow_pluggable_scoring_server.workers.DrainingSyncWorker")
+            if settings.max_batch_size > 1:
+                # Batching needs concurrent requests in a worker: twice a batch of threads, so that
+                # the next batch is decoded while the model scores this one.
+                self.cfg.set("worker_class", "mlflow_pluggable_scoring_server.workers.DrainingThreadWorker")
+                self.cfg.set("threads", 2 * settings.max_batch_size)
+            else:
+                self.cfg.set("worker_class", "mlflow_pluggable_scoring_server.workers.DrainingSyncWorker")
             self.cfg.set("graceful_timeout", math.ceil(settings.graceful_timeout))
             # gunicorn kills a worker silent this long; the request timeout (504) must come first.
             self.cfg.set("timeout", math.ceil(settings.request_timeout) + 30)
@@ -112,8 +121,10 @@ def load_app(settings, plugin, token):
     from .scoring import Scorer
 
     limit_image_pixels(settings.max_image_pixels)
-    scorer = Scorer(plugin, timeout=settings.request_timeout)
-    app = create_app(scorer, settings, metrics=Metrics(), token=token)
+    metrics = Metrics()
+    scorer = Scorer(plugin, timeout=settings.request_timeout, max_batch_size=settings.max_batch_size,
+                    max_batch_time_ms=settings.max_batch_time_ms, on_batch=metrics.batch_size.observe)
+    app = create_app(scorer, settings, metrics=metrics, token=token)
     threading.Thread(target=load_model, args=(scorer, settings), name="load-model", daemon=True).start()
     return app
 
@@ -141,6 +152,7 @@ def main(argv=None):
         check_model_uri(settings.model_uri)
         prepare_environment(settings, argv)  # may re-execute this command in a created environment
         plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
+        settings = batch_settings(settings, plugin)
         token = settings.auth_token()
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,14 +1,16 @@
-"""The gunicorn worker: gunicorn's sync worker that serves its backlog before a graceful exit.
+"""The gunicorn workers: gunicorn's sync and threaded workers, serving their backlog before a graceful exit.
 
-On SIGTERM gunicorn's sync worker finishes the request in hand and exits. Connections
-that the kernel had already accepted into the shared listening socket's backlog would
-then be reset when the last worker closes it: requests the client saw accepted, lost.
-This worker drains them first, within gunicorn's ``graceful_timeout``.
+On SIGTERM gunicorn's workers finish the requests in hand and exit. Connections that the
+kernel had already accepted into the shared listening socket's backlog would then be reset
+when the last worker closes it: requests the client saw accepted, lost. These workers serve
+them first, within gunicorn's ``graceful_timeout``. The sync worker serves one request at a
+time (no batching); the threaded one serves many at once, for batching.
 """
 
 import errno
 import time
 
+from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 NOT_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
@@ -32,3 +34,25 @@ class DrainingSyncWorker(SyncWorker):
                 except OSError as e:
                     if e.errno not in NOT_WAITING:
                         raise
+
+
+class DrainingThreadWorker(ThreadWorker):
+    """The threaded worker waits for the connections it holds; this one first takes in the backlog too."""
+
+    def set_accept_enabled(self, enabled):
+        # Called with False when the worker stops accepting: on shutdown (not alive), or when it
+        # holds worker_connections connections (alive; the backlog is then served later).
+        if not enabled and not self.alive:
+            self.drain()
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            for listener in self.sockets:  # from now on, a new connection is refused, not accepted and lost
+                listener.close()
+
+    def drain(self):
+        """Hand every connection waiting in the backlog to the thread pool, as a running worker does."""
+        for listener in self.sockets:
+            taken = None
+            while taken != self.nr_conns:  # accept() counts each connection it takes; none left: no change
+                taken = self.nr_conns
+                self.accept(listener)

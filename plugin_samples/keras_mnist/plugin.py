@@ -2,7 +2,8 @@
 
 The image is converted to grayscale and resized to 28x28 (white digit on black, as
 in MNIST, e.g. ``data/mnist_0_10.png``). The response is ``[[p0, ..., p9]]``: the
-probability of each digit.
+probability of each digit. It can batch: with ``--max-batch-size``, the images of
+concurrent requests go through the network in one call.
 """
 
 import os
@@ -10,22 +11,24 @@ import os
 import numpy as np
 
 from mlflow_pluggable_scoring_server.decoders import read_image
-from mlflow_pluggable_scoring_server.plugin import BasePlugin
+from mlflow_pluggable_scoring_server.plugin import BatchPlugin
 
 
-class Plugin(BasePlugin):
+class Plugin(BatchPlugin):
     def load_model(self, model_uri):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import mlflow.keras
 
         return mlflow.keras.load_model(model_uri)
 
-    def predict(self, model, data):
+    def preprocess(self, model, data):
         image = read_image(data, mode="L", size=(28, 28))
-        x = np.asarray(image, dtype=np.float32)[np.newaxis] / 255.0
+        return np.asarray(image, dtype=np.float32)[np.newaxis] / 255.0
+
+    def inference(self, model, batch):
         # predict_on_batch runs a compiled step: ~0.5 ms here, against ~3.5 ms for an
         # eager model(x) call and ~70 ms for predict(), which builds a dataset per call.
-        return model.predict_on_batch(x)
+        return model.predict_on_batch(batch)
 
     def request_content_type(self):
         return ["image/png", "image/jpeg", "application/octet-stream"]

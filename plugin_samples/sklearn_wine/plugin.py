@@ -2,14 +2,15 @@
 
 The request is pandas' "split" orientation (``data/predict-wine-quality.json``); the
 feature columns are read by name, so their order does not matter and a ``quality``
-column is ignored. The response is one predicted quality per row.
+column is ignored. The response is one predicted quality per row. It can batch: with
+``--max-batch-size``, the rows of concurrent requests go through the forest in one call.
 """
 
 from typing import NamedTuple
 
 from mlflow_pluggable_scoring_server.decoders import read_split_frame
 from mlflow_pluggable_scoring_server.models import fetch_model
-from mlflow_pluggable_scoring_server.plugin import BasePlugin
+from mlflow_pluggable_scoring_server.plugin import BatchPlugin
 
 
 class WineForest(NamedTuple):
@@ -17,15 +18,18 @@ class WineForest(NamedTuple):
     features: list  # the feature columns, in the order the forest was trained on
 
 
-class Plugin(BasePlugin):
+class Plugin(BatchPlugin):
     def load_model(self, model_uri):
         import mlflow.sklearn
 
         path, mlmodel = fetch_model(model_uri)
         return WineForest(mlflow.sklearn.load_model(path), mlmodel.signature.inputs.input_names())
 
-    def predict(self, model, data):
-        return model.forest.predict(read_split_frame(data, columns=model.features))
+    def preprocess(self, model, data):
+        return read_split_frame(data, columns=model.features)
+
+    def inference(self, model, batch):
+        return model.forest.predict(batch)
 
     def request_content_type(self):
         return "application/json"

@@ -1,14 +1,14 @@
 """Sample plugin: the wine forest exported to ONNX, run with ONNX Runtime.
 
 Same request and response as ``../plugin.py``: a JSON table in pandas' "split"
-orientation in, one predicted quality per row out.
+orientation in, one predicted quality per row out; it can batch, as that one does.
 """
 
 from typing import NamedTuple
 
 from mlflow_pluggable_scoring_server.decoders import read_split_frame
 from mlflow_pluggable_scoring_server.models import fetch_model
-from mlflow_pluggable_scoring_server.plugin import BasePlugin
+from mlflow_pluggable_scoring_server.plugin import BatchPlugin
 
 
 class WineSession(NamedTuple):
@@ -17,7 +17,7 @@ class WineSession(NamedTuple):
     features: list  # the feature columns, in the order the model expects them
 
 
-class Plugin(BasePlugin):
+class Plugin(BatchPlugin):
     def load_model(self, model_uri):
         import mlflow.onnx
         import onnxruntime
@@ -31,9 +31,11 @@ class Plugin(BasePlugin):
         )
         return WineSession(session, session.get_inputs()[0].name, mlmodel.signature.inputs.input_names())
 
-    def predict(self, model, data):
-        x = read_split_frame(data, columns=model.features, dtype="float32")
-        return model.session.run(None, {model.input_name: x})[0].ravel()
+    def preprocess(self, model, data):
+        return read_split_frame(data, columns=model.features, dtype="float32")
+
+    def inference(self, model, batch):
+        return model.session.run(None, {model.input_name: batch})[0].ravel()
 
     def request_content_type(self):
         return "application/json"

@@ -1,0 +1,93 @@
+"""Adaptive batching: requests arriving together in one worker share one model call.
+
+Request threads decode their own body and :meth:`Batcher.submit` the input; one batcher
+thread per worker takes up to ``max_batch_size`` inputs, waiting at most ``max_batch_time_ms``
+after the first arrived for the others, runs them through the model at once and hands each
+request its own output through a future. A batch that fails is run again one input at a
+time, so that only the requests whose input fails get an error.
+"""
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+from .errors import StartupError
+from .plugin import is_batchable
+
+logger = logging.getLogger(__name__)
+
+
+def batch_settings(settings, plugin):
+    """``settings`` with ``max_batch_size`` and ``max_batch_time_ms`` resolved: conf/flags, else the plugin's, else off.
+
+    Raises :class:`StartupError` when batching is asked of a plugin that cannot batch, or a value is invalid.
+    """
+    size = settings.max_batch_size if settings.max_batch_size is not None else getattr(plugin, "max_batch_size", 1)
+    wait = settings.max_batch_time_ms if settings.max_batch_time_ms is not None else getattr(plugin, "max_batch_time_ms", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise StartupError(f"max_batch_size must be a whole number of at least 1, not {size!r}")
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= 60_000:
+        raise StartupError(f"max_batch_time_ms must be a number of milliseconds from 0 to 60000, not {wait!r}")
+    if size > 1 and not is_batchable(plugin):
+        raise StartupError(f"max_batch_size is {size} but plugin {type(plugin).__name__} cannot batch:"
+                           " it must subclass BatchPlugin (preprocess and inference)")
+    return dataclasses.replace(settings, max_batch_size=size, max_batch_time_ms=wait)
+
+
+class Batcher:
+    """Merges the inputs submitted by concurrent threads into calls of ``run_batch(inputs) -> outputs``.
+
+    ``on_batch(size)`` is told the size of every model call that answered.
+    """
+
+    def __init__(self, run_batch, max_size, max_wait_seconds, on_batch=None):
+        self.run_batch = run_batch
+        self.max_size = max_size
+        self.max_wait = max_wait_seconds
+        self.on_batch = on_batch or (lambda size: None)
+        self._waiting = deque()  # (arrival time, input, future)
+        self._arrived = threading.Condition()
+        threading.Thread(target=self._serve, name="batcher", daemon=True).start()
+
+    def submit(self, item):
+        """Queue one decoded input; the future gets its output, or the exception scoring it alone raised."""
+        future = Future()
+        with self._arrived:
+            self._waiting.append((time.monotonic(), item, future))
+            self._arrived.notify()
+        return future
+
+    def _serve(self):
+        while True:
+            batch = [(item, future) for _, item, future in self._next_batch() if future.set_running_or_notify_cancel()]
+            if batch:  # all cancelled (their requests timed out) is possible
+                self._score(batch)
+
+    def _next_batch(self):
+        """Wait for a first input, then for up to ``max_size`` of them until ``max_wait`` after the first arrived."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: self._waiting)
+            until = self._waiting[0][0] + self.max_wait
+            while len(self._waiting) < self.max_size and self._arrived.wait(max(until - time.monotonic(), 0)):
+                pass
+            return [self._waiting.popleft() for _ in range(min(self.max_size, len(self._waiting)))]
+
+    def _score(self, batch):
+        try:
+            outputs = self.run_batch([item for item, _ in batch])
+            if len(outputs) != len(batch):
+                raise ValueError(f"run_batch returned {len(outputs)} outputs for {len(batch)} inputs")
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0][1].set_exception(e)
+                return
+            logger.warning("a batch of %d failed (%s); scoring its requests one by one", len(batch), type(e).__name__)
+            for one in batch:
+                self._score([one])
+            return
+        self.on_batch(len(batch))
+        for (_, future), output in zip(batch, outputs):
+            future.set_result(output)
