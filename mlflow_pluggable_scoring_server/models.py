@@ -4,7 +4,9 @@ The plugin loads the model (``load_model(model_uri)``); this only makes a URI th
 points nowhere fail at start-up with one line instead of a worker traceback.
 """
 
+import json
 import os
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from .errors import StartupError
@@ -56,14 +58,54 @@ def check_model_uri(model_uri):
         raise StartupError(f"model URI '{model_uri}' does not resolve: {reason}") from None
 
 
+def model_folder(model_uri):
+    """The local folder of a model's files: a path or ``file:`` URI in place, else downloaded once.
+
+    Only a download imports MLflow (some 150 MB and seconds per worker).
+    """
+    path = local_path(model_uri)
+    if path is not None:
+        return path
+    import mlflow.artifacts
+
+    return mlflow.artifacts.download_artifacts(model_uri)
+
+
 def fetch_model(model_uri):
     """Fetch a model's files once and read its MLmodel: returns ``(local path, mlflow.models.Model)``.
 
     For plugins: a local path or ``file:`` URI is used in place; a registry or run URI
     is downloaded once, so that the flavor loader and the signature read the same copy.
     """
-    import mlflow.artifacts
     from mlflow.models import Model
 
-    path = mlflow.artifacts.download_artifacts(model_uri)
+    path = model_folder(model_uri)
     return path, Model.load(path)
+
+
+class LocalModel(NamedTuple):
+    """A model's folder and what its MLmodel file says, read without importing MLflow."""
+
+    path: str
+    flavors: dict  # flavor name -> its settings, as in MLmodel
+    signature: dict  # "inputs", "outputs", "params": MLflow's JSON specs, decoded; {} without a signature
+
+    def input_names(self):
+        """The names of the signature's input columns, in order (empty for a tensor signature)."""
+        return [spec["name"] for spec in self.signature.get("inputs") or [] if "name" in spec]
+
+    def flavor_file(self, flavor):
+        """The path of a flavor's model file (its ``data``), e.g. ``model.onnx`` for ``onnx``."""
+        return os.path.join(self.path, self.flavors[flavor]["data"])
+
+
+def read_model(model_uri):
+    """The :class:`LocalModel` of ``model_uri``, for plugins that load a model file themselves
+    (an ONNX session, say): a local model's worker then never imports MLflow."""
+    import yaml
+
+    path = model_folder(model_uri)
+    with open(os.path.join(path, "MLmodel")) as f:
+        doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    signature = {key: json.loads(spec) for key, spec in (doc.get("signature") or {}).items() if spec}
+    return LocalModel(path, doc.get("flavors") or {}, signature)

@@ -22,28 +22,34 @@ def too_slow(seconds):
     return RequestTimeout(f"the prediction took longer than the server's limit of {seconds:g} s")
 
 
+_limit = None  # the running deadline's seconds, for the message of the RequestTimeout it raises
+
+
+def _expire(signum, frame):
+    raise too_slow(_limit)
+
+
 @contextmanager
 def deadline(seconds):
     """Raise RequestTimeout in this thread when the block runs longer than ``seconds``.
 
     A SIGALRM timer: it interrupts Python code (a C call is interrupted when it returns).
     Signals reach only the main thread, where gunicorn's sync worker serves requests;
-    elsewhere the block runs without a deadline.
+    elsewhere the block runs without a deadline. The handler is installed once per
+    process; each request only arms and disarms the timer.
     """
+    global _limit
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def expire(signum, frame):
-        raise too_slow(seconds)
-
-    previous = signal.signal(signal.SIGALRM, expire)
+    if signal.getsignal(signal.SIGALRM) is not _expire:
+        signal.signal(signal.SIGALRM, _expire)
+    _limit = seconds
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 class Scorer:

@@ -97,6 +97,7 @@ def make_server(settings, plugin, token):
             self.cfg.set("timeout", math.ceil(settings.request_timeout) + 30)
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("logconfig_dict", logging_config(settings))
+            self.cfg.set("logger_class", "mlflow_pluggable_scoring_server.workers.QuietAccessLogger")
             self.cfg.set("proc_name", "mlflow-pluggable-scoring-server")
             # One control socket per user would collide between servers on one machine.
             self.cfg.set("control_socket_disable", True)

@@ -5,11 +5,15 @@ kernel had already accepted into the shared listening socket's backlog would the
 when the last worker closes it: requests the client saw accepted, lost. These workers serve
 them first, within gunicorn's ``graceful_timeout``. The sync worker serves one request at a
 time (no batching); the threaded one serves many at once, for batching.
+
+Also gunicorn's logger, made to skip the access-log line unless it will be written.
 """
 
 import errno
+import logging
 import time
 
+from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
@@ -56,3 +60,15 @@ class DrainingThreadWorker(ThreadWorker):
             while taken != self.nr_conns:  # accept() counts each connection it takes; none left: no change
                 taken = self.nr_conns
                 self.accept(listener)
+
+
+class QuietAccessLogger(Logger):
+    """gunicorn's logger, but an access line is only formatted when the access log takes it.
+
+    With a logging config gunicorn formats every request's line, then drops it below INFO:
+    a few percent of a small request's time.
+    """
+
+    def access(self, resp, req, environ, request_time):
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)
