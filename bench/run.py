@@ -68,6 +68,7 @@ class Case:
     title: str
     servers: list
     note: str
+    ratios: tuple = (("ours", "MLflow"),)  # (server, peer) pairs compared in the table
 
 
 def wine_body():
@@ -89,10 +90,14 @@ def digit_tensor_body():
     return json.dumps({"inputs": x.tolist()}).encode()
 
 
-def ours(conf, body, content_type, extra_args):
+BATCHED = "ours, batched"
+BATCH_ARGS = ["--max-batch-size", "16", "--max-batch-time-ms", "2"]
+
+
+def ours(conf, body, content_type, extra_args, name="ours"):
     argv = [sys.executable, "-m", "mlflow_pluggable_scoring_server.webserver", "--conf", str(conf),
             "--port", "{port}", *extra_args]
-    return Server("ours", argv, "/api/health/ready", "/api/predict", body, content_type)
+    return Server(name, argv, "/api/health/ready", "/api/predict", body, content_type)
 
 
 def mlflow(model, body):
@@ -113,7 +118,8 @@ def make_cases(extra_args, ceiling):
     onnx = Case("onnx", "ONNX wine (3 rows, JSON)",
                 [ours(SAMPLES / "sklearn_wine/onnx/conf.yaml", wine, "application/json", extra_args),
                  mlflow(SAMPLES / "sklearn_wine/onnx/model", wine)],
-                "both get the same `dataframe_split` JSON of the 3 sample rows (11 features)")
+                "both get the same `dataframe_split` JSON of the 3 sample rows (11 features)",
+                (("ours", "MLflow"), ("ours", "trivial Flask")))
     if ceiling:
         onnx.servers.append(trivial_flask(wine))
         onnx.note += "; trivial Flask: `bench/trivial_app.py`, a constant answer, gunicorn with 2 sync workers"
@@ -121,13 +127,20 @@ def make_cases(extra_args, ceiling):
         "onnx": onnx,
         "forest": Case("forest", "scikit-learn forest wine (3 rows, JSON)",
                        [ours(SAMPLES / "sklearn_wine/conf.yaml", wine, "application/json", extra_args),
+                        ours(SAMPLES / "sklearn_wine/conf.yaml", wine, "application/json", extra_args + BATCH_ARGS, BATCHED),
                         mlflow(SAMPLES / "sklearn_wine/model", wine)],
-                       "both get the same `dataframe_split` JSON of the 3 sample rows (11 features)"),
+                       "all get the same `dataframe_split` JSON of the 3 sample rows (11 features); "
+                       f"batched: `{' '.join(BATCH_ARGS)}`",
+                       (("ours", "MLflow"), (BATCHED, "MLflow"), (BATCHED, "ours"))),
         "digits": Case("digits", "Keras digit (1 image)",
                        [ours(SAMPLES / "keras_mnist/conf.yaml", DIGIT_PNG.read_bytes(), "image/png", extra_args),
+                        ours(SAMPLES / "keras_mnist/conf.yaml", DIGIT_PNG.read_bytes(), "image/png",
+                             extra_args + BATCH_ARGS, BATCHED),
                         mlflow(SAMPLES / "keras_mnist/model", digit_tensor_body())],
                        "ours gets the 28x28 PNG (decoded per request); MLflow cannot take a PNG and gets the "
-                       "same pixels as a JSON tensor `{\"inputs\": [[[...28x28 floats...]]]}`"),
+                       "same pixels as a JSON tensor `{\"inputs\": [[[...28x28 floats...]]]}`; "
+                       f"batched: `{' '.join(BATCH_ARGS)}`",
+                       (("ours", "MLflow"), (BATCHED, "MLflow"), (BATCHED, "ours"))),
     }
 
 
@@ -423,25 +436,33 @@ def table(cases, results, connections):
         for server, m in medians.items():
             failed = sum(r[f"errors@{c}"] for r in rounds[server] for c in connections)
             lines.append(f"| {case.title} | {server} | " + " | ".join(f.format(m[k]) for k, _, f in cols) + f" | {failed} |")
-        for other in [s for s in rounds if s != "ours"] if "ours" in rounds else []:
-            ratios = [ratio(rounds["ours"], rounds[other], k) for k, _, _ in cols]
-            lines.append(f"| {case.title} | **ours/{other}** | " + " | ".join(f"**{x:.2f}x**" for x in ratios) + " | |")
+        for server, peer in case.ratios:
+            if server in rounds and peer in rounds:
+                ratios = [ratio(rounds[server], rounds[peer], k) for k, _, _ in cols]
+                lines.append(f"| {case.title} | **{server} / {peer}** | " + " | ".join(f"**{x:.2f}x**" for x in ratios)
+                             + " | |")
     return "\n".join(lines)
 
 
 def targets(results, connections):
-    """Issue 5's targets for ONNX wine at 8 connections, as ratios from this run."""
-    if "onnx" not in results or 8 not in connections or "MLflow" not in results["onnx"]:
-        return ""
-    ours, ml = results["onnx"]["ours"], results["onnx"]["MLflow"]
-    checks = [
-        ("req/s at 8 connections >= 4x MLflow's", ratio(ours, ml, "rps@8"), lambda x: x >= 4),
-        ("p99 at 8 connections <= 1/5 of MLflow's", ratio(ours, ml, "p99@8"), lambda x: x <= 0.2),
-        ("start-to-ready <= half of MLflow's", ratio(ours, ml, "ready"), lambda x: x <= 0.5),
-        ("one worker's RSS <= 60% of MLflow's", ratio(ours, ml, "rss_worker"), lambda x: x <= 0.6),
+    """Issue 5's targets, as ratios of the same run; those whose cases or loads did not run are left out."""
+    goals = [  # case, server, peer, measure, what, met
+        ("onnx", "ours", "MLflow", "rps@8", "ONNX wine: req/s at 8 connections >= 4x MLflow's", lambda x: x >= 4),
+        ("onnx", "ours", "MLflow", "p99@8", "ONNX wine: p99 at 8 connections <= 1/5 of MLflow's", lambda x: x <= 0.2),
+        ("onnx", "ours", "MLflow", "ready", "ONNX wine: start-to-ready <= half of MLflow's", lambda x: x <= 0.5),
+        ("onnx", "ours", "MLflow", "rss_worker", "ONNX wine: one worker's RSS <= 60% of MLflow's", lambda x: x <= 0.6),
+        ("digits", BATCHED, "ours", "rps@16", "Keras digits batched: req/s at 16 connections >= 5x unbatched",
+         lambda x: x >= 5),
+        ("forest", BATCHED, "MLflow", "rps@8", "forest wine batched: req/s at 8 connections >= 3x MLflow's",
+         lambda x: x >= 3),
     ]
-    rows = [f"| {what} | {x:.2f} | {'met' if ok(x) else 'not met'} |" for what, x, ok in checks]
-    return "\n".join(["| ONNX wine target (issue 5) | ours/MLflow | |", "|---|---:|---|", *rows])
+    rows = []
+    for case, server, peer, key, what, ok in goals:
+        rounds = results.get(case, {})
+        if server in rounds and peer in rounds and int(key.partition("@")[2] or connections[0]) in connections:
+            x = ratio(rounds[server], rounds[peer], key)
+            rows.append(f"| {what} | {x:.2f} | {'met' if ok(x) else 'not met'} |")
+    return "\n".join(["| target (issue 5) | ratio | |", "|---|---:|---|", *rows]) if rows else ""
 
 
 def machine():
@@ -507,7 +528,7 @@ def parse_args(argv=None):
     p.add_argument("--duration", type=int, default=5, help="whole seconds of load per connection count (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="whole seconds of discarded load before measuring (default 1)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per case; medians are reported (default 3)")
-    p.add_argument("--connections", default="1,8", help="connection counts, comma-separated (default 1,8)")
+    p.add_argument("--connections", default="1,8,16", help="connection counts, comma-separated (default 1,8,16)")
     p.add_argument("--only", default="onnx,forest,digits", help="cases, comma-separated: onnx, forest, digits")
     p.add_argument("--ours-args", default="", help='extra flags for our server, e.g. "--workers 2"')
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
@@ -518,6 +539,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.rounds, args.duration, args.warmup, args.ceiling = 1, 2, 1, False
+        args.connections = "1,8" if args.connections == p.get_default("connections") else args.connections
         args.only = "onnx" if args.only == p.get_default("only") else args.only
     args.connections = [int(c) for c in args.connections.split(",")]
     args.only = [c.strip() for c in args.only.split(",")]

@@ -118,7 +118,15 @@ def test_bad_requests_among_batched_ones_fail_alone(batched_wine, wine_server):
     assert batched_wine.alive()
 
 
-def test_batched_digits_answer_each_image_as_unbatched(batched_mnist, mnist_server):
+@pytest.fixture(scope="module")
+def batched_image(sample_models, start_server):
+    """The built-in image plugin on the Keras sample: batching with no plugin code."""
+    return start_server("--plugin", "image", "--model-uri", sample_models["mnist"], *BATCHED)
+
+
+@pytest.mark.parametrize("batched", ["batched_mnist", "batched_image"])
+def test_batched_digits_answer_each_image_as_unbatched(batched, mnist_server, request):
+    batched_mnist = request.getfixturevalue(batched)
     images = digits(48)
     truncated, garbage = DIGIT_PNG.read_bytes()[:60], b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
     bad = {7: truncated, 22: garbage, 39: truncated}

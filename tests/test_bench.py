@@ -29,4 +29,4 @@ def test_smoke_benchmark_writes_both_servers_rows(sample_models, tmp_path):
             assert float(values[column]) > 0, (server, column, values)
         assert float(values["p50 ms @8"]) <= float(values["p99 ms @8"]), values
         assert values["failed requests"] == "0", values
-    assert re.search(r"\*\*ours/MLflow\*\*", out.read_text())
+    assert re.search(r"\*\*ours / MLflow\*\*", out.read_text())

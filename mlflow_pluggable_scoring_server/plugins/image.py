@@ -5,7 +5,7 @@ A PNG or JPEG body is decoded with :func:`~mlflow_pluggable_scoring_server.decod
 scaled to ``[0, 1]`` and given a batch axis; the array goes to the model's
 ``mlflow.pyfunc`` ``predict``. When the model's signature has one tensor input, its shape
 and dtype are used: the array is reshaped to it (``(-1, 28, 28)`` or ``(-1, 28, 28, 1)``
-alike) and the size is taken from it unless given::
+alike) and the size is taken from it unless given. It can batch (``--max-batch-size``)::
 
     mlflow-pluggable-scoring-server --plugin image --model-uri plugin_samples/keras_mnist/model
     mlflow-pluggable-scoring-server --plugin image --plugin-option size=224x224 \\
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..decoders import IMAGE_TYPES, read_image
 from ..errors import StartupError
-from ..plugin import BasePlugin
+from ..plugin import BatchPlugin
 
 MODES = {"L": 1, "RGB": 3, "RGBA": 4}  # Pillow mode: channels
 LAYOUTS = ("channels_last", "channels_first")
@@ -33,7 +33,7 @@ class ImageModel(NamedTuple):
     dtype: object  # numpy dtype of the model's input
 
 
-class ImagePlugin(BasePlugin):
+class ImagePlugin(BatchPlugin):
     """Options (``--plugin-option KEY=VALUE`` or ``plugin_options`` in the conf):
 
     - ``size``: ``WxH`` or ``[W, H]``; by default the model signature's.
@@ -69,7 +69,7 @@ class ImagePlugin(BasePlugin):
             raise ValueError(f"{size[0]}x{size[1]} {self.mode} images do not fit the model's input shape {shape}")
         return ImageModel(pyfunc, size, shape, spec.type if spec is not None else np.dtype("float32"))
 
-    def predict(self, model, data):
+    def preprocess(self, model, data):
         image = read_image(data, mode=self.mode, size=model.size)
         x = np.asarray(image, dtype=np.float32) / self.scale
         if x.ndim == 3 and self.layout == "channels_first":
@@ -77,7 +77,10 @@ class ImagePlugin(BasePlugin):
         x = x[np.newaxis].astype(model.dtype, copy=False)
         if model.shape:
             x = x.reshape((1, *model.shape[1:]))
-        return model.pyfunc.predict(x)
+        return x
+
+    def inference(self, model, batch):
+        return model.pyfunc.predict(batch)
 
     def request_content_type(self):
         return [*IMAGE_TYPES, "application/octet-stream"]
