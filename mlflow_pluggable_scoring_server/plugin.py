@@ -185,7 +185,8 @@ def response_media_types(plugin):
 
 
 def is_plugin_file(spec):
-    """Whether a ``plugin`` setting names a Python file rather than an installed plugin."""
+    """Whether a ``plugin`` setting (a string or a path) names a Python file rather than an installed plugin."""
+    spec = os.fspath(spec)
     return spec.endswith(".py") or "/" in spec or os.sep in spec or os.path.isfile(spec)
 
 
@@ -203,7 +204,7 @@ def load_plugin(spec, class_name=DEFAULT_PLUGIN_CLASS, options=None):
     Raises :class:`StartupError` with a one-line reason.
     """
     if is_plugin_file(spec):
-        return load_file_plugin(spec, class_name, options)
+        return load_file_plugin(os.fspath(spec), class_name, options)
     plugins = installed_plugins()
     if spec not in plugins:
         raise StartupError(f"no installed plugin named '{spec}' (installed: {', '.join(sorted(plugins)) or 'none'});"

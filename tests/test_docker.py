@@ -97,7 +97,7 @@ def test_context_serves_with_the_containers_own_command(tmp_path, sample_models)
     repacked = tmp_path / "repacked"
     proc = subprocess.run([str(venv / "bin" / "python"), "-m", "mlflow_pluggable_scoring_server.docker_build", *map(str, WINE_ARGS),
                            "--docker-image", "wine", "--context-dir", str(repacked), "--builder", "none"],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=tmp_path)  # not the checkout: `-m` would import it
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (repacked / "wheels").glob("*.whl")
     assert wheel.name == wheels[0].name
