@@ -30,7 +30,7 @@ from .plugin import DEFAULT_PLUGIN_CLASS
 DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
 BUILDERS = ("docker", "podman", "buildah")
 CONTAINER_PORT = 5005
-INSTALL_RECORDS = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")  # written by the installer, not in a wheel
+INSTALL_RECORDS = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "uv_cache.json")  # written by installers, not in a wheel
 
 
 def parse_args(argv):
