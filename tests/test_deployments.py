@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -221,3 +222,15 @@ def test_run_local(state, rows, expected, tmp_path):
         assert proc.wait(timeout=60) == 0
         log.close()
     assert not group_members(proc.pid)
+
+
+def test_the_readmes_client_example_runs(state, expected):
+    """The README's Python client example, as it is, in a process of its own (the state folder from the fixture)."""
+    source = re.search(r"```python\n(from mlflow\.deployments import get_deploy_client\n.*?)```",
+                       (ROOT / "README.md").read_text(), re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, cwd=ROOT, timeout=CLI_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    predictions, status = proc.stdout.splitlines()[-2:]
+    assert np.allclose(json.loads(predictions), expected)
+    assert status == "ready"
+    assert not list(state.glob("*.json"))  # the example deletes what it created
