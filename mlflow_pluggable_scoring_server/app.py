@@ -144,7 +144,7 @@ def create_app(scorer, settings, metrics=None, token=None):
         @ns.doc(
             description="Score the request body with the plugin. Send it with one of the plugin's "
             "request media types; choose the response type with Accept.",
-            responses={status.value: status.phrase for status in _PREDICT_STATUSES},
+            responses=PREDICT_RESPONSES,
         )
         def post(self):
             return score()
@@ -195,7 +195,7 @@ def create_app(scorer, settings, metrics=None, token=None):
         @mlflow.doc(
             description="MLflow's scoring endpoint: the same as /api/predict, for clients written for "
             "`mlflow models serve`.",
-            responses={status.value: status.phrase for status in _PREDICT_STATUSES},
+            responses=PREDICT_RESPONSES,
         )
         def post(self):
             return score()
@@ -262,3 +262,4 @@ _PREDICT_STATUSES = (
     HTTPStatus.SERVICE_UNAVAILABLE,
     HTTPStatus.GATEWAY_TIMEOUT,
 )
+PREDICT_RESPONSES = {status.value: status.phrase for status in _PREDICT_STATUSES}  # /api/predict, /invocations
