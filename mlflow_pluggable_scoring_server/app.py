@@ -4,6 +4,7 @@ It moves bytes and headers in and out and turns every error into
 ``{"error_code": ..., "message": ...}``; what the request means is ``scoring.py``'s job.
 """
 
+import functools
 import hmac
 import logging
 import os
@@ -228,8 +229,9 @@ def create_app(scorer, settings, metrics=None, token=None):
     return app
 
 
+@functools.cache
 def mlflow_version():
-    """The installed MLflow's version, without importing MLflow."""
+    """The installed MLflow's version, without importing MLflow (looked up once: it scans the installed packages)."""
     from importlib.metadata import PackageNotFoundError, version
 
     for distribution in ("mlflow", "mlflow-skinny"):

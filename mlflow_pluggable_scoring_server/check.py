@@ -13,7 +13,6 @@ without FAIL, 1 with, 2 when the command line or the model URI cannot be used.
 
 import argparse
 import json
-import logging
 import random
 import re
 import sys
@@ -21,7 +20,7 @@ import time
 
 from .errors import NotAcceptable, ScoringError, StartupError
 from .media import ENCODERS, JSON, matches, parse_media_type
-from .offline import add_plugin_args, content_type_for, failure_reason
+from .offline import add_plugin_args, args_settings, command_logging, content_type_for, failure_reason
 from .plugin import BasePlugin, load_plugin
 
 TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
@@ -160,17 +159,13 @@ def parse_args(argv):
 
 def main(argv=None):
     """``check-plugin``: run the checks; exit 0 if none failed, 1 if one did, 2 for a usage error."""
-    from .config import build_settings
     from .decoders import limit_image_pixels
     from .models import check_model_uri
 
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # each failure's reason is in its FAIL line
-        logging.getLogger("mlflow_pluggable_scoring_server.scoring").setLevel(logging.CRITICAL)
+    command_logging(args.verbose)  # each failure's reason is in its FAIL line
     try:
-        settings = build_settings(args.conf, plugin=args.plugin, plugin_class=args.plugin_class,
-                                  plugin_options=args.plugin_options, model_uri=args.model_uri)
+        settings = args_settings(args)  # the plugin is loaded by the checks, which report its failure
         check_model_uri(settings.model_uri)
         sample = None
         if args.sample:

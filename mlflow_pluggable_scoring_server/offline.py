@@ -48,16 +48,29 @@ def failure_reason(error):
     return (reason.strip().splitlines() or [""])[0]
 
 
-def plugin_settings(args):
-    """Settings with the plugin, plugin class and model URI of ``--conf`` and the flags, checked."""
+def args_settings(args):
+    """Settings with the plugin and model of ``--conf`` and the flags of :func:`add_plugin_args`, unchecked."""
     from .config import build_settings
+
+    return build_settings(args.conf, plugin=args.plugin, plugin_class=args.plugin_class,
+                          plugin_options=args.plugin_options, model_uri=args.model_uri)
+
+
+def plugin_settings(args):
+    """:func:`args_settings`, with the plugin loaded and the model URI checked."""
     from .models import check_model_uri
 
-    settings = build_settings(args.conf, plugin=args.plugin, plugin_class=args.plugin_class,
-                              plugin_options=args.plugin_options, model_uri=args.model_uri)
+    settings = args_settings(args)
     load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
     check_model_uri(settings.model_uri)
     return settings
+
+
+def command_logging(verbose):
+    """Logging for a command that reports each failure's reason itself: tracebacks only when ``verbose``."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("mlflow_pluggable_scoring_server.scoring").setLevel(logging.CRITICAL)
 
 
 def expand(paths):
@@ -230,9 +243,7 @@ def main(argv=None):
 
     args = parse_args(argv)
     fmt = args.format or ("csv" if args.output.endswith(".csv") else "jsonl")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # the failure's reason is reported; its traceback only on demand
-        logging.getLogger("mlflow_pluggable_scoring_server.scoring").setLevel(logging.CRITICAL)
+    command_logging(args.verbose)
     try:
         settings = plugin_settings(args)
         files = expand(args.inputs)
