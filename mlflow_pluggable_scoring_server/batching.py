@@ -1,10 +1,11 @@
 """Adaptive batching: requests arriving together in one worker share one model call.
 
-Request threads decode their own body and :meth:`Batcher.submit` the input; one batcher
-thread per worker takes up to ``max_batch_size`` inputs, waiting at most ``max_batch_time_ms``
-after the first arrived for the others, runs them through the model at once and hands each
-request its own output through a future. A batch that fails is run again one input at a
-time, so that only the requests whose input fails get an error.
+Request threads decode their own body through :meth:`Batcher.submit`; one batcher thread
+per worker takes up to ``max_batch_size`` inputs, runs them through the model at once and
+hands each request its own output through a future. After the first input arrived it waits
+for others at most ``max_batch_time_ms``, and only while other requests are still being
+decoded: a request alone is scored at once, not after the wait. A batch that fails is run
+again one input at a time, so that only the requests whose input fails get an error.
 """
 
 import dataclasses
@@ -49,16 +50,32 @@ class Batcher:
         self.max_wait = max_wait_seconds
         self.on_batch = on_batch or (lambda size: None)
         self._waiting = deque()  # (arrival time, input, future)
+        self._decoding = 0  # requests in submit's decode() that have not queued their input yet
         self._arrived = threading.Condition()
         threading.Thread(target=self._serve, name="batcher", daemon=True).start()
 
-    def submit(self, item):
-        """Queue one decoded input; the future gets its output, or the exception scoring it alone raised."""
-        future = Future()
+    def submit(self, decode):
+        """Queue the input ``decode()`` returns; the future gets its output, or the exception scoring it alone raised.
+
+        What ``decode`` raises is raised here, and nothing is queued.
+        """
         with self._arrived:
-            self._waiting.append((time.monotonic(), item, future))
-            self._arrived.notify()
+            self._decoding += 1
+        try:
+            item = decode()
+        except BaseException:
+            self._queue()
+            raise
+        future = Future()
+        self._queue((time.monotonic(), item, future))
         return future
+
+    def _queue(self, *entries):
+        """One decoding request fewer, with its input if it has one; wake the batcher to reconsider."""
+        with self._arrived:
+            self._decoding -= 1
+            self._waiting.extend(entries)
+            self._arrived.notify()
 
     def _serve(self):
         while True:
@@ -67,11 +84,13 @@ class Batcher:
                 self._score(batch)
 
     def _next_batch(self):
-        """Wait for a first input, then for up to ``max_size`` of them until ``max_wait`` after the first arrived."""
+        """Wait for a first input, then for up to ``max_size`` of them until ``max_wait`` after the first
+        arrived, as long as some request is still decoding: no other input is on its way otherwise."""
         with self._arrived:
             self._arrived.wait_for(lambda: self._waiting)
             until = self._waiting[0][0] + self.max_wait
-            while len(self._waiting) < self.max_size and self._arrived.wait(max(until - time.monotonic(), 0)):
+            while (len(self._waiting) < self.max_size and self._decoding
+                   and self._arrived.wait(max(until - time.monotonic(), 0))):
                 pass
             return [self._waiting.popleft() for _ in range(min(self.max_size, len(self._waiting)))]
 

@@ -54,7 +54,8 @@ class Settings:
         default=None,
     )
     max_batch_time_ms: float = _doc(
-        "Milliseconds the first request of a batch waits for others to join it."
+        "Milliseconds the first request of a batch waits at most for others to join it"
+        " (only while other requests are being decoded)."
         " Default: the plugin's max_batch_time_ms, else 2.",
         default=None,
     )

@@ -110,7 +110,7 @@ class Scorer:
     def _predict_batched(self, payload):
         """Preprocess here, share a model call with other requests, postprocess here; the timeout bounds the wait."""
         with self._plugin_errors(payload):
-            future = self.batcher.submit(self.plugin.preprocess(self.model, payload))
+            future = self.batcher.submit(partial(self.plugin.preprocess, self.model, payload))
             try:
                 output = future.result(timeout=self.timeout)
             except TimeoutError:

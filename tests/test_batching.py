@@ -148,6 +148,20 @@ def test_batched_digits_answer_each_image_as_unbatched(batched, mnist_server, re
     merged_since(batched_mnist, before, 48 - len(bad))
 
 
+def test_a_request_alone_does_not_wait_for_company(sample_models, start_server):
+    server = start_server("--conf", WINE / "conf.yaml", "--max-batch-size", "16", "--max-batch-time-ms", "3000",
+                          "--workers", "1")
+    body = wine_table(1)[0]
+    started = time.monotonic()
+    for _ in range(4):
+        assert server.predict(body).status_code == 200
+    assert time.monotonic() - started < 6  # waiting out the 3 s window would take 12 s
+    before = batches(server)  # and requests that come together still share model calls
+    responses = concurrently(server, wine_table(32))
+    assert [r.status_code for r in responses] == [200] * 32
+    merged_since(server, before, 32)
+
+
 def marked(rows, **marks):
     """The sample's wine table with mark columns (see tests/plugins/batchable.py) on every row."""
     doc = json.loads(WINE_JSON.read_text())
