@@ -44,6 +44,20 @@ def test_bad_image_options_are_refused(options, message):
         load_plugin("image", options=options)
 
 
+def test_image_plugin_answers_as_mlflow_pyfunc_predict(sample_models):
+    """A Keras model goes through its predict_on_batch, not pyfunc's predict (Keras' predict): same answers."""
+    import mlflow.pyfunc
+
+    from test_batching import digits
+
+    plugin = load_plugin("image")
+    model = plugin.load_model(sample_models["mnist"])
+    batch = np.concatenate([plugin.preprocess(model, png) for png in digits(16)])
+    expected = mlflow.pyfunc.load_model(sample_models["mnist"]).predict(batch)
+    assert expected.shape == (16, 10) and len(set(np.argmax(expected, axis=1))) >= 5, np.argmax(expected, axis=1)
+    np.testing.assert_allclose(plugin.inference(model, batch), expected, rtol=0, atol=1e-6)
+
+
 def png_to_jpeg(png):
     out = io.BytesIO()
     Image.open(io.BytesIO(png)).convert("L").save(out, format="JPEG", quality=95)

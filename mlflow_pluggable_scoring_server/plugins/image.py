@@ -3,9 +3,10 @@
 A PNG or JPEG body is decoded with :func:`~mlflow_pluggable_scoring_server.decoders.read_image`
 (Pillow's pixel limit and the 400 answers included), converted to a colour mode, resized,
 scaled to ``[0, 1]`` and given a batch axis; the array goes to the model's
-``mlflow.pyfunc`` ``predict``. When the model's signature has one tensor input, its shape
-and dtype are used: the array is reshaped to it (``(-1, 28, 28)`` or ``(-1, 28, 28, 1)``
-alike) and the size is taken from it unless given. It can batch (``--max-batch-size``)::
+``mlflow.pyfunc`` ``predict`` (a Keras model's ``predict_on_batch``: the same answers, without
+``predict``'s 66 ms per call). When the model's signature has one tensor input, its shape and
+dtype are used: the array is reshaped to it (``(-1, 28, 28)`` or ``(-1, 28, 28, 1)`` alike)
+and the size is taken from it unless given. It can batch (``--max-batch-size``)::
 
     mlflow-pluggable-scoring-server --plugin image --model-uri plugin_samples/keras_mnist/model
     mlflow-pluggable-scoring-server --plugin image --plugin-option size=224x224 \\
@@ -27,7 +28,7 @@ LAYOUTS = ("channels_last", "channels_first")
 
 
 class ImageModel(NamedTuple):
-    pyfunc: object  # mlflow.pyfunc.PyFuncModel
+    predict: object  # a batch of arrays -> the model's outputs
     size: tuple  # (width, height) images are resized to
     shape: tuple  # the model's input shape, batch axis first, or None to send (1, H, W[, C])
     dtype: object  # numpy dtype of the model's input
@@ -56,7 +57,7 @@ class ImagePlugin(BatchPlugin):
         import mlflow.pyfunc
 
         pyfunc = mlflow.pyfunc.load_model(model_uri)
-        if "keras" in sys.modules:  # Keras' predict would print a progress bar into the log per request
+        if "keras" in sys.modules:  # Keras' predict, if called, would print a progress bar into the log per request
             sys.modules["keras"].config.disable_interactive_logging()
         schema = pyfunc.metadata.get_input_schema()
         spec = schema.inputs[0] if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1 else None
@@ -67,7 +68,7 @@ class ImagePlugin(BatchPlugin):
             raise ValueError("the model's signature has no image input shape: give the size option (e.g. size=28x28)")
         if shape and int(np.prod(shape[1:])) != size[0] * size[1] * MODES[self.mode]:
             raise ValueError(f"{size[0]}x{size[1]} {self.mode} images do not fit the model's input shape {shape}")
-        return ImageModel(pyfunc, size, shape, spec.type if spec is not None else np.dtype("float32"))
+        return ImageModel(model_call(pyfunc), size, shape, spec.type if spec is not None else np.dtype("float32"))
 
     def preprocess(self, model, data):
         image = read_image(data, mode=self.mode, size=model.size)
@@ -80,7 +81,7 @@ class ImagePlugin(BatchPlugin):
         return x
 
     def inference(self, model, batch):
-        return model.pyfunc.predict(batch)
+        return model.predict(batch)
 
     def request_content_type(self):
         return [*IMAGE_TYPES, "application/octet-stream"]
@@ -94,6 +95,22 @@ class ImagePlugin(BatchPlugin):
             return None
         height, width = dims
         return width, height
+
+
+def model_call(pyfunc):
+    """The model's ``predict``: pyfunc's, but a Keras model's ``predict_on_batch`` when pyfunc would call its ``predict``.
+
+    Keras' ``predict`` builds a dataset and a progress bar per call: about 66 ms for one 28x28
+    image on 2 cores, where ``predict_on_batch`` runs the same compiled step in 0.7 ms.
+    """
+    keras = sys.modules.get("keras")  # imported by the model's flavor, if it is a Keras model
+    try:
+        raw = pyfunc.get_raw_model() if keras else None
+    except NotImplementedError:
+        raw = None
+    if keras is None or not isinstance(raw, keras.Model):  # an exported model is a TFSMLayer: pyfunc calls serve()
+        return pyfunc.predict
+    return lambda batch: keras.ops.convert_to_numpy(raw.predict_on_batch(batch))
 
 
 def parse_size(size):
