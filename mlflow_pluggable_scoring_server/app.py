@@ -178,6 +178,10 @@ def create_app(scorer, settings, metrics=None, token=None):
         def get(self):
             return {"status": "alive"}
 
+    def when_ready(answer):
+        """``answer`` once the model is loaded; before, the 503 that tells a load balancer to wait."""
+        return answer if scorer.ready.is_set() else error_body(NotReady("the model is still loading"))
+
     @ns.route("/health/ready")
     class Ready(Resource):
         @ns.doc(
@@ -185,9 +189,7 @@ def create_app(scorer, settings, metrics=None, token=None):
             responses={200: "Ready", 503: "Model still loading"},
         )
         def get(self):
-            if scorer.ready.is_set():
-                return {"status": "ready"}
-            return error_body(NotReady("the model is still loading"))
+            return when_ready({"status": "ready"})
 
     mlflow = api.namespace("mlflow", description="MLflow's scoring server endpoints", path="/")
 
@@ -208,9 +210,7 @@ def create_app(scorer, settings, metrics=None, token=None):
     })
     class Ping(Resource):
         def get(self):
-            if scorer.ready.is_set():
-                return Response("\n", status=200, content_type="application/json")
-            return error_body(NotReady("the model is still loading"))
+            return when_ready(Response("\n", status=200, content_type="application/json"))
 
     @mlflow.route("/version")
     class Version(Resource):

@@ -57,13 +57,13 @@ def args_settings(args):
 
 
 def plugin_settings(args):
-    """:func:`args_settings`, with the plugin loaded and the model URI checked."""
+    """``(settings, plugin)``: :func:`args_settings` and the plugin they name, the model URI checked."""
     from .models import check_model_uri
 
     settings = args_settings(args)
-    load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
+    plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
     check_model_uri(settings.model_uri)
-    return settings
+    return settings, plugin
 
 
 def command_logging(verbose):
@@ -245,12 +245,12 @@ def main(argv=None):
     fmt = args.format or ("csv" if args.output.endswith(".csv") else "jsonl")
     command_logging(args.verbose)
     try:
-        settings = plugin_settings(args)
+        settings, plugin = plugin_settings(args)
         files = expand(args.inputs)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    scorer = Scorer(load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options))
+    scorer = Scorer(plugin)
     try:
         scorer.load(settings.model_uri)
     except Exception as e:

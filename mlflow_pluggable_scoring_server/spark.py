@@ -151,7 +151,7 @@ def main(argv=None):
     """``spark-score``: score inputs on Spark; exit status 1 when some could not be scored."""
     args = parse_args(argv)
     try:
-        settings = plugin_settings(args)
+        settings, _ = plugin_settings(args)  # plugin_udf loads the plugin again, for the executors
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
