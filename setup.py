@@ -31,7 +31,8 @@ setup(
         "samples": ["scikit-learn>=1.5", "skl2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.16", "pandas>=2",
                     "pyspark>=4.0,<4.3"],  # the Spark ML sample and spark-score; needs Java 17
         "test": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7", "schemathesis>=4",
-                 "setuptools>=61", "wheel"],  # the test plugin package is built offline
+                 "setuptools>=61", "wheel",  # the test plugin package is built offline
+                 "pytest-xdist>=3.5"],  # 3 test processes: most tests wait on servers, 2 cores stay busy
     },
     entry_points={
         "console_scripts": ["mlflow-pluggable-scoring-server = mlflow_pluggable_scoring_server.cli:main"],

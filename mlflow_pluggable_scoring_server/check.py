@@ -34,8 +34,8 @@ OTHER_JSON = b'{"unexpected": [1, 2, 3]}'
 class Report:
     """Prints one line per check and counts the outcomes."""
 
-    def __init__(self, stream=sys.stdout):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
         self.counts = {"PASS": 0, "FAIL": 0, "SKIP": 0, "WARN": 0}
 
     def __call__(self, outcome, check, detail):

@@ -34,28 +34,38 @@ def cleanup(folder, owned):
 
 
 class Metrics:
-    """The server's metrics; labels are route templates, never raw paths, to bound their number."""
+    """The server's metrics; labels are route templates, never raw paths, to bound their number.
+
+    Under gunicorn (:func:`prepare` has named the samples directory) every worker's samples are
+    summed; otherwise (an app built in-process, e.g. by the tests) each instance counts alone.
+    """
 
     def __init__(self):
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Histogram
 
-        self.requests = Counter("scoring_requests_total", "HTTP requests answered.", ["endpoint", "method", "status"])
+        self.registry = None if os.environ.get(MULTIPROC_ENV) else CollectorRegistry()
+        self.requests = Counter("scoring_requests_total", "HTTP requests answered.", ["endpoint", "method", "status"],
+                                registry=self.registry)
         self.latency = Histogram(
             "scoring_request_duration_seconds", "Time to answer an HTTP request.", ["endpoint", "method"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
         )
-        self.prediction_errors = Counter("scoring_prediction_errors_total", "Predictions answered with an error.", ["error_code"])
-        self.batch_size = Histogram("scoring_batch_size", "Requests merged into one model call.", buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.prediction_errors = Counter("scoring_prediction_errors_total", "Predictions answered with an error.",
+                                         ["error_code"], registry=self.registry)
+        self.batch_size = Histogram("scoring_batch_size", "Requests merged into one model call.",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
 
     def observe(self, endpoint, method, status, seconds):
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint, method).observe(seconds)
 
-    @staticmethod
-    def render():
+    def render(self):
         """The text exposition of every worker's samples, and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -180,8 +180,8 @@ class Output:
 class Progress:
     """A one-line progress bar on stderr, redrawn at most ten times a second."""
 
-    def __init__(self, total, enabled=True, stream=sys.stderr, width=30):
-        self.total, self.enabled, self.stream, self.width = total, enabled, stream, width
+    def __init__(self, total, enabled=True, stream=None, width=30):
+        self.total, self.enabled, self.stream, self.width = total, enabled, stream or sys.stderr, width
         self.count, self.start, self.drawn = 0, time.monotonic(), 0.0
 
     def update(self, n=1):

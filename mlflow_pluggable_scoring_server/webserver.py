@@ -116,6 +116,13 @@ def load_app(settings, plugin, token):
     The app answers at once: health and status while the model loads, 503 for
     predictions until it is ready. A model that cannot be loaded stops the server.
     """
+    app, scorer = build_app(settings, plugin, token)
+    threading.Thread(target=load_model, args=(scorer, settings), name="load-model", daemon=True).start()
+    return app
+
+
+def build_app(settings, plugin, token):
+    """The WSGI app serving ``plugin`` and its :class:`~.scoring.Scorer`, whose model is not loaded yet."""
     from .app import create_app
     from .decoders import limit_image_pixels
     from .metrics import Metrics
@@ -125,9 +132,7 @@ def load_app(settings, plugin, token):
     metrics = Metrics()
     scorer = Scorer(plugin, timeout=settings.request_timeout, max_batch_size=settings.max_batch_size,
                     max_batch_time_ms=settings.max_batch_time_ms, on_batch=metrics.batch_size.observe)
-    app = create_app(scorer, settings, metrics=metrics, token=token)
-    threading.Thread(target=load_model, args=(scorer, settings), name="load-model", daemon=True).start()
-    return app
+    return create_app(scorer, settings, metrics=metrics, token=token), scorer
 
 
 def load_model(scorer, settings):

@@ -1,9 +1,8 @@
-"""Optional bearer-token auth: token from a file or an env var, never from a flag."""
+"""Optional bearer-token auth: token from a file or an env var, never from a flag. In-process."""
 
 import pytest
-import requests
 
-from conftest import WINE, WINE_JSON, run_cli
+from conftest import WINE, WINE_JSON, serve_main
 from test_errors import assert_error
 
 TOKEN = "s3cr3t-token-for-tests"
@@ -17,15 +16,13 @@ def token_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def auth_server(sample_models, start_server, token_file):
-    return start_server("--conf", WINE / "conf.yaml", "--auth-token-file", token_file)
+def auth_server(shared_app, token_file):
+    return shared_app("--conf", WINE / "conf.yaml", "--auth-token-file", token_file)
 
 
 def predict(server, token=None, scheme="Bearer"):
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"{scheme} {token}"
-    return requests.post(server.url + "/api/predict", data=WINE_JSON.read_bytes(), headers=headers)
+    headers = {} if token is None else {"Authorization": f"{scheme} {token}"}
+    return server.predict(WINE_JSON.read_bytes(), headers=headers)
 
 
 @pytest.mark.parametrize("token, scheme", [(None, None), ("wrong", "Bearer"), (TOKEN[:-1], "Bearer"), (TOKEN, "Basic"), ("", "Bearer")])
@@ -37,7 +34,7 @@ def test_missing_or_wrong_token_is_401(auth_server, token, scheme):
 
 
 def test_invocations_needs_the_token_too(auth_server):
-    r = requests.post(auth_server.url + "/invocations", data=WINE_JSON.read_bytes(), headers={"Content-Type": "application/json"})
+    r = auth_server.predict(WINE_JSON.read_bytes(), path="/invocations")
     assert_error(r, 401, "UNAUTHORIZED", "Authorization: Bearer")
 
 
@@ -50,24 +47,24 @@ def test_right_token_scores(auth_server):
                                           ("/api/status", 401), ("/api/swagger", 401), ("/api/nothing", 401),
                                           ("/ping", 200), ("/health", 200), ("/version", 200)])
 def test_only_health_is_open_by_default(auth_server, path, status):
-    assert requests.get(auth_server.url + path).status_code == status
+    assert auth_server.get(path).status_code == status
 
 
-def test_token_from_the_environment_and_open_metrics(sample_models, start_server):
-    server = start_server("--conf", WINE / "conf.yaml", "--public-endpoints", "health,metrics,docs",
-                          env={"MLFLOW_PSS_AUTH_TOKEN": "from-env"})
+def test_token_from_the_environment_and_open_metrics(make_app):
+    server = make_app("--conf", WINE / "conf.yaml", "--public-endpoints", "health,metrics,docs",
+                      env={"MLFLOW_PSS_AUTH_TOKEN": "from-env"})
     assert predict(server, "from-env").status_code == 200
     assert predict(server, TOKEN).status_code == 401
     for path in ("/metrics", "/api/swagger", "/api/docs", "/api/health/ready"):
-        assert requests.get(server.url + path).status_code == 200, path
-    assert requests.get(server.url + "/api/status").status_code == 401
+        assert server.get(path).status_code == 200, path
+    assert server.get("/api/status").status_code == 401
 
 
 def test_there_is_no_token_flag():
-    proc = run_cli("--auth-token", TOKEN)
+    proc = serve_main("--auth-token", TOKEN)
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
 
 
 def test_unreadable_token_file_stops_the_server(sample_models, tmp_path):
-    proc = run_cli("--conf", WINE / "conf.yaml", "--auth-token-file", tmp_path / "missing")
+    proc = serve_main("--conf", WINE / "conf.yaml", "--auth-token-file", tmp_path / "missing")
     assert proc.returncode == 2 and "error: cannot read auth_token_file" in proc.stderr

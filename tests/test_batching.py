@@ -1,7 +1,8 @@
 """Adaptive batching: concurrent requests share model calls, and each still gets its own answer.
 
-Every batched server here runs one worker; the unbatched sample servers give the reference
-answers. /metrics' ``scoring_batch_size`` proves that requests were merged.
+The batched apps run in-process, called from many threads at once as a threaded worker is;
+the unbatched sample apps give the reference answers. /metrics' ``scoring_batch_size`` proves
+that requests were merged. SIGTERM with batches in flight needs a real server process.
 """
 
 import csv
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DIGIT_PNG, MNIST, SAMPLES, TEST_PLUGINS, WINE, WINE_JSON, run_cli
+from conftest import DIGIT_PNG, MNIST, SAMPLES, TEST_PLUGINS, WINE, WINE_JSON, serve_main
 from test_cli import assert_one_line_failure
 from test_errors import assert_error
 from test_metrics import samples, total
@@ -81,13 +82,13 @@ NOT_NUMBERS = b'{"columns": ["x"], "data": [["nine"]]}'
 
 
 @pytest.fixture(scope="module")
-def batched_wine(sample_models, start_server):
-    return start_server("--conf", WINE / "conf.yaml", *BATCHED)
+def batched_wine(shared_app):
+    return shared_app("--conf", WINE / "conf.yaml", *BATCHED)
 
 
 @pytest.fixture(scope="module")
-def batched_mnist(sample_models, start_server):
-    return start_server("--conf", MNIST / "conf.yaml", *BATCHED)
+def batched_mnist(shared_app):
+    return shared_app("--conf", MNIST / "conf.yaml", *BATCHED)
 
 
 def test_batched_wine_answers_each_request_as_unbatched(batched_wine, wine_server):
@@ -119,9 +120,9 @@ def test_bad_requests_among_batched_ones_fail_alone(batched_wine, wine_server):
 
 
 @pytest.fixture(scope="module")
-def batched_image(sample_models, start_server):
+def batched_image(shared_app, sample_models):
     """The built-in image plugin on the Keras sample: batching with no plugin code."""
-    return start_server("--plugin", "image", "--model-uri", sample_models["mnist"], *BATCHED)
+    return shared_app("--plugin", "image", "--model-uri", sample_models["mnist"], *BATCHED)
 
 
 @pytest.mark.parametrize("batched", ["batched_mnist", "batched_image"])
@@ -148,8 +149,8 @@ def test_batched_digits_answer_each_image_as_unbatched(batched, mnist_server, re
     merged_since(batched_mnist, before, 48 - len(bad))
 
 
-def test_a_request_alone_does_not_wait_for_company(sample_models, start_server):
-    server = start_server("--conf", WINE / "conf.yaml", "--max-batch-size", "16", "--max-batch-time-ms", "3000",
+def test_a_request_alone_does_not_wait_for_company(make_app):
+    server = make_app("--conf", WINE / "conf.yaml", "--max-batch-size", "16", "--max-batch-time-ms", "3000",
                           "--workers", "1")
     body = wine_table(1)[0]
     started = time.monotonic()
@@ -170,9 +171,9 @@ def marked(rows, **marks):
 
 
 @pytest.fixture(scope="module")
-def marked_server(sample_models, start_server):
+def marked_server(shared_app):
     """Batching from the plugin's own defaults (max_batch_size 8): no batching flags."""
-    return start_server("--plugin-file", TEST_PLUGINS / "batchable.py", "--plugin-class", "batchable.Marked",
+    return shared_app("--plugin-file", TEST_PLUGINS / "batchable.py", "--plugin-class", "batchable.Marked",
                         "--model-uri", WINE / "model", "--request-timeout", "5")
 
 
@@ -236,4 +237,4 @@ def test_sigterm_answers_every_batched_request_in_flight(sample_models, start_se
     (("--conf", WINE / "conf.yaml", "--max-batch-time-ms", "-1"), "max_batch_time_ms must be a number of milliseconds"),
 ])
 def test_batching_settings_are_checked_at_start_up(sample_models, args, message):
-    assert_one_line_failure(run_cli(*args, "--model-uri", WINE / "model"), message)
+    assert_one_line_failure(serve_main(*args, "--model-uri", WINE / "model"), message)

@@ -1,19 +1,32 @@
-"""bench/run.py --smoke: the benchmark harness starts both servers, loads them and writes its table.
+"""bench/run.py --smoke, as the README runs it: the harness starts both servers, loads them and writes its table.
 
 Not a benchmark: the numbers of a 2 s load on a shared CI machine only have to be sane.
 """
 
 import re
+import shlex
 import subprocess
-import sys
+
+import pytest
 
 from conftest import ROOT
 
 
+def readme_bench_command():
+    """The README's smoke run (the ```bash block marked ``<!-- test: bench -->``)."""
+    from test_readme import BLOCKS
+
+    (commands,) = [commands for marker, commands, _, _ in BLOCKS if marker and marker[0] == "bench"]
+    (command,) = commands
+    return shlex.split(command)
+
+
+@pytest.mark.slow
 def test_smoke_benchmark_writes_both_servers_rows(sample_models, tmp_path):
+    argv = readme_bench_command()
     out = tmp_path / "results.md"
-    proc = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=150)
+    argv[argv.index("--out") + 1] = str(out)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=150)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {}
     for line in out.read_text().splitlines():

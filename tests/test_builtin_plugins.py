@@ -8,10 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
-from conftest import DIGIT_PNG, MNIST, WINE, run_cli
+from conftest import DIGIT_PNG, MNIST, WINE, run_cli, serve_main
 from mlflow_pluggable_scoring_server.errors import StartupError
 from mlflow_pluggable_scoring_server.plugin import installed_plugins, load_plugin, request_media_types
 from test_cli import assert_one_line_failure
@@ -74,7 +73,7 @@ def test_image_plugin_answers_as_the_keras_sample_plugin(image_server, mnist_ser
     assert np.argmax(image_server.predict(png, "image/png").json()) == 0  # the digit is a 0
     csv = image_server.predict(png, "image/png", accept="text/csv")
     assert csv.status_code == 200 and len(csv.text.split(",")) == 10
-    status = requests.get(image_server.url + "/api/status").json()
+    status = image_server.get("/api/status").json()
     assert status["plugin"]["file"] == "image"
     assert status["plugin"]["request_content_types"] == ["image/png", "image/jpeg", "application/octet-stream"]
 
@@ -107,7 +106,7 @@ def test_image_plugin_refuses_bad_images(image_server, body, content_type, statu
     [("size=big", "ImagePlugin: size must be WxH"), ("mode=CMYK", "ImagePlugin: mode must be one of")],
 )
 def test_bad_image_options_stop_the_server_with_one_line(sample_models, option, message):
-    proc = run_cli("--plugin", "image", "--plugin-option", option, "--model-uri", MNIST / "model")
+    proc = serve_main("--plugin", "image", "--plugin-option", option, "--model-uri", MNIST / "model")
     assert proc.returncode == 2
     assert_one_line_failure(proc, message)
 
@@ -131,15 +130,15 @@ def plugin_site(tmp_path_factory):
     return site
 
 
-def test_plugin_from_an_installed_package(plugin_site, sample_models, start_server):
+def test_plugin_from_an_installed_package(plugin_site, start_server):
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(plugin_site), os.environ.get("PYTHONPATH")]))}
     server = start_server("--plugin", "wordcount-test", "--model-uri", WINE / "model", env=env)
     r = server.predict(b"three little words", "text/plain")
     assert r.status_code == 200 and r.json() == {"words": 3, "model_uri": str(WINE / "model")}
     bad = server.predict(b"\xff\xfe not utf-8", "text/plain")
     assert bad.status_code == 400 and bad.json()["message"] == "request body is not UTF-8 text"
-    status = requests.get(server.url + "/api/status").json()
+    status = server.get("/api/status").json()
     assert status["plugin"]["file"] == "wordcount-test" and status["plugin"]["request_content_types"] == ["text/plain"]
     # Without the package on the path the name is unknown, and the error lists what is installed.
-    proc = run_cli("--plugin", "wordcount-test", "--model-uri", WINE / "model")
+    proc = serve_main("--plugin", "wordcount-test", "--model-uri", WINE / "model")
     assert_one_line_failure(proc, "no installed plugin named 'wordcount-test' (installed: image, pyfunc")

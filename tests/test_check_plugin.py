@@ -1,17 +1,17 @@
-"""`check-plugin` as plugin authors run it: a real subprocess, real plugins, real models."""
+"""`check-plugin` as plugin authors run it (its main() in-process): real plugins, real models.
+
+The console script itself is run in test_cli.py.
+"""
 
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import DIGIT_PNG, MNIST, ROOT, TEST_PLUGINS, WINE, WINE_JSON
+from conftest import DIGIT_PNG, MNIST, TEST_PLUGINS, WINE, WINE_JSON, run_main
 
 
 def check_plugin(*args):
-    proc = subprocess.run([sys.executable, "-m", "mlflow_pluggable_scoring_server.cli", "check-plugin", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_main("check-plugin", *args)
     assert "Traceback" not in proc.stdout + proc.stderr
     return proc
 

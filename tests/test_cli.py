@@ -1,9 +1,14 @@
-"""Start-up: flags, conf files, and one clear line for every way start-up can fail."""
+"""Start-up: flags, conf files, and one clear line for every way start-up can fail.
+
+Failures that come before serving run ``main(argv)`` in-process; a model that fails to load in
+a worker, the console script and the worker processes need real processes.
+"""
+
+import time
 
 import pytest
-import requests
 
-from conftest import ROOT, TEST_PLUGINS, WINE, WINE_JSON, run_cli
+from conftest import ROOT, TEST_PLUGINS, WINE, WINE_JSON, run_cli, serve_main
 
 
 def assert_one_line_failure(proc, message):
@@ -36,11 +41,11 @@ def assert_one_line_failure(proc, message):
     ],
 )
 def test_startup_failures_say_one_line(sample_models, args, message):
-    assert_one_line_failure(run_cli(*args), message)
+    assert_one_line_failure(serve_main(*args), message)
 
 
 def test_plugin_options_must_be_key_value():
-    proc = run_cli("--plugin-option", "size", "--model-uri", WINE / "model")
+    proc = serve_main("--plugin-option", "size", "--model-uri", WINE / "model")
     assert proc.returncode == 2 and "--plugin-option: expected KEY=VALUE, not 'size'" in proc.stderr
 
 
@@ -57,7 +62,7 @@ def test_plugin_options_must_be_key_value():
 def test_bad_conf_files(tmp_path, conf, message):
     path = tmp_path / "conf.yaml"
     path.write_text(conf)
-    assert_one_line_failure(run_cli("--conf", path), message)
+    assert_one_line_failure(serve_main("--conf", path), message)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +75,7 @@ def test_bad_conf_files(tmp_path, conf, message):
 )
 def test_registry_uris_that_do_not_resolve(tmp_path, uri, message):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    proc = run_cli("--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", uri, env=env)
+    proc = serve_main("--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", uri, env=env)
     assert_one_line_failure(proc, message)
 
 
@@ -83,30 +88,46 @@ def test_model_the_plugin_cannot_load_stops_the_server(sample_models):
     assert "Traceback" not in proc.stderr
 
 
-def test_flags_and_conf_file_start_the_same_server(sample_models, start_server):
-    by_conf = start_server("--conf", WINE / "conf.yaml")
-    by_flags = start_server("--host", "127.0.0.1", "--plugin-file", WINE / "plugin.py", "--plugin-class", "plugin.Plugin",
-                            "--model-uri", WINE / "model", "--packages", "pyyaml,numpy", "--env-manager", "local")
+def test_flags_and_conf_file_serve_the_same(make_app):
+    by_conf = make_app("--conf", WINE / "conf.yaml")
+    by_flags = make_app("--host", "127.0.0.1", "--plugin-file", WINE / "plugin.py", "--plugin-class", "plugin.Plugin",
+                        "--model-uri", WINE / "model", "--packages", "pyyaml,numpy", "--env-manager", "local")
+    assert by_flags.settings.packages == ["pyyaml", "numpy"] and by_flags.settings.env_manager == "local"
     body = WINE_JSON.read_bytes()
     assert by_conf.predict(body).json() == by_flags.predict(body).json()
     for server in (by_conf, by_flags):
-        status = requests.get(server.url + "/api/status").json()
+        status = server.get("/api/status").json()
         assert status["plugin"]["file"].endswith("sklearn_wine/plugin.py")
         assert status["model"]["uri"].endswith("sklearn_wine/model")
 
 
-def test_flags_override_the_conf_file(tmp_path, sample_models, start_server):
+def test_flags_override_the_conf_file(tmp_path, make_app):
     conf = tmp_path / "conf.yaml"
     conf.write_text(
         f"plugin: {TEST_PLUGINS / 'does_not_exist.py'}\n"
         f"model_uri: {WINE / 'model'}\n"
         "logging: {level: DEBUG}\n"
+        "workers: 3\n"
     )
-    server = start_server("--conf", conf, "--plugin-file", WINE / "plugin.py")
-    status = requests.get(server.url + "/api/status").json()
+    server = make_app("--conf", conf, "--plugin-file", WINE / "plugin.py", "--workers", "1")
+    status = server.get("/api/status").json()
     assert status["plugin"]["file"].endswith("sklearn_wine/plugin.py")
-    assert status["system"]["current_logging_level"] == "DEBUG"
+    assert status["server"]["workers"] == 1
+    assert server.settings.log_level == "DEBUG"  # a process logs at it (see test_conf_logging_level_applies)
     assert status["system"]["current_dir"] == str(ROOT)
+
+
+def test_conf_logging_level_applies(tmp_path, start_server):
+    """A server process logs at the conf file's level: DEBUG logs every request."""
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"plugin: {WINE / 'plugin.py'}\nmodel_uri: {WINE / 'model'}\nlogging: {{level: DEBUG}}\n")
+    server = start_server("--conf", conf)
+    assert server.get("/api/status").json()["system"]["current_logging_level"] == "DEBUG"
+    assert server.predict(WINE_JSON.read_bytes()).status_code == 200
+    deadline = time.monotonic() + 10  # the access line is written after the answer
+    while '"POST /api/predict HTTP/1.1" 200' not in server.log():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
 
 
 def test_console_script_is_installed(sample_models):
@@ -126,10 +147,9 @@ def test_console_script_is_installed(sample_models):
     assert commands.returncode == 0 and "serve " in commands.stdout
 
 
-def test_workers_flag_starts_that_many_worker_processes(sample_models, start_server):
-    server = start_server("--conf", WINE / "conf.yaml", "--workers", "2")
-    with open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children") as f:
+def test_workers_flag_starts_that_many_worker_processes(two_workers):
+    with open(f"/proc/{two_workers.proc.pid}/task/{two_workers.proc.pid}/children") as f:
         children = f.read().split()
     assert len(children) == 2
-    pids = {requests.get(server.url + "/api/status").json()["system"]["pid"] for _ in range(20)}
+    pids = {two_workers.get("/api/status").json()["system"]["pid"] for _ in range(20)}
     assert pids <= {int(c) for c in children}

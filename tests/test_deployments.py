@@ -1,4 +1,7 @@
-"""The MLflow deployments target `pluggable`, driven by MLflow's own CLI and `get_deploy_client`, with real servers."""
+"""The MLflow deployments target `pluggable`, driven by MLflow's own CLI and `get_deploy_client`, with real servers.
+
+Marked slow but for the client's create-get-predict and its failures: each MLflow CLI call imports MLflow afresh.
+"""
 
 import json
 import os
@@ -81,6 +84,7 @@ def mlflow_cli(*args, check=True):
     return proc
 
 
+@pytest.mark.slow
 def test_cli_workflow(state, rows, expected, tmp_path):
     rows.to_json(tmp_path / "rows.json", orient="records")  # what `predict --input-path` reads (pandas.read_json)
 
@@ -113,6 +117,7 @@ def test_cli_workflow(state, rows, expected, tmp_path):
     assert "List of all deployments:\n[]" in mlflow_cli("list", "-t", "pluggable").stdout
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(state):
     proc = mlflow_cli("create", "-t", "pluggable", "--name", "wine", "-m", "plugin_samples/sklearn_wine/model",
                       "-C", "wokers=2", check=False)
@@ -143,6 +148,7 @@ def test_client_create_get_predict(client, rows, expected):
     assert [d["name"] for d in client.list_deployments()] == ["wine"]
 
 
+@pytest.mark.slow
 def test_plugin_file_with_options(client, rows, expected):
     client.create_deployment("scaled", str(WINE / "model"),
                              config={"plugin": str(TEST_PLUGINS / "scaled_wine.py"), "option.scale": "2"})
@@ -152,6 +158,7 @@ def test_plugin_file_with_options(client, rows, expected):
     assert np.allclose(client.predict("scaled", rows)["predictions"], expected / 2, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_model_from_the_registry(client, registry, monkeypatch, rows, expected):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["env"]["MLFLOW_TRACKING_URI"])
     deployment = client.create_deployment("registered", "models:/sklearn_wine@champion")
@@ -177,6 +184,7 @@ def test_create_failures_leave_nothing(client, state, name, uri, flavor, config,
     assert client.list_deployments() == []
 
 
+@pytest.mark.slow
 def test_dead_server_is_reported_and_can_be_updated(client, rows, expected):
     first = client.create_deployment("wine", str(WINE / "model"))
     with pytest.raises(MlflowException, match="(?s)exited with status .*this plugin cannot read that model"):
@@ -196,6 +204,7 @@ def test_dead_server_is_reported_and_can_be_updated(client, rows, expected):
     assert np.allclose(client.predict("wine", rows)["predictions"], expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_run_local(state, rows, expected, tmp_path):
     port = free_port()
     log = open(tmp_path / "run-local.log", "w")
@@ -224,6 +233,7 @@ def test_run_local(state, rows, expected, tmp_path):
     assert not group_members(proc.pid)
 
 
+@pytest.mark.slow
 def test_the_readmes_client_example_runs(state, expected):
     """The README's Python client example, as it is, in a process of its own (the state folder from the fixture)."""
     source = re.search(r"```python\n(from mlflow\.deployments import get_deploy_client\n.*?)```",

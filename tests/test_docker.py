@@ -49,6 +49,7 @@ def assert_scores_the_sample(url):
     assert r.json() == pytest.approx(EXPECTED, abs=0.01)
 
 
+@pytest.mark.slow
 def test_context_serves_with_the_containers_own_command(tmp_path, sample_models):
     context = tmp_path / "context"
     # No docker, podman or buildah on this PATH: docker-build writes the context and says so.
@@ -186,6 +187,7 @@ def readme_docker_commands():
     return build, shlex.split(run)
 
 
+@pytest.mark.slow
 def test_readme_image_builds_runs_and_scores(podman, tmp_path, sample_models):
     """The README's commands, with podman for docker, a local base image, and the port on 127.0.0.1 only."""
     build, run = readme_docker_commands()

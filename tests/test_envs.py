@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_PLUGINS, WINE, run_cli
+from conftest import TEST_PLUGINS, WINE, serve_main
 
 CACHE_VAR = "MLFLOW_PLUGGABLE_SCORING_SERVER_ENVS"
 NEEDS_ROMAN = ["--plugin-file", TEST_PLUGINS / "needs_package.py", "--model-uri", WINE / "model"]
@@ -42,6 +42,7 @@ def cache(tmp_path):
     return tmp_path / "envs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("manager", ["uv", "virtualenv"])
 def test_plugin_packages_get_a_cached_environment_of_their_own(manager, cache, sample_models, start_server):
     env = {CACHE_VAR: str(cache)}
@@ -67,6 +68,7 @@ def test_plugin_packages_get_a_cached_environment_of_their_own(manager, cache, s
     assert len(environments(cache)) == 1
 
 
+@pytest.mark.slow
 def test_model_requirements_are_installed_when_asked(cache, tmp_path, sample_models, start_server):
     model = tmp_path / "model"
     shutil.copytree(WINE / "model", model)
@@ -75,7 +77,7 @@ def test_model_requirements_are_installed_when_asked(cache, tmp_path, sample_mod
     args = ["--plugin-file", TEST_PLUGINS / "needs_package.py", "--model-uri", model]
     env = {CACHE_VAR: str(cache)}
 
-    without = run_cli(*args, env=env)
+    without = serve_main(*args, env=env)
     assert without.returncode == 2 and "No module named 'roman'" in without.stderr
 
     server = start_server(*args, "--install-model-requirements", "--env-manager", "uv", env=env, wait=False)
@@ -87,8 +89,8 @@ def test_model_requirements_are_installed_when_asked(cache, tmp_path, sample_mod
 
 @pytest.mark.parametrize("manager", ["uv", "virtualenv"])
 def test_failed_install_leaves_nothing_and_says_why(manager, cache, sample_models):
-    proc = run_cli(*NEEDS_ROMAN, "--packages", "surely-no-such-package-xyz==0.0.1", "--env-manager", manager,
-                   env={CACHE_VAR: str(cache)}, timeout=BUILD_TIMEOUT)
+    proc = serve_main(*NEEDS_ROMAN, "--packages", "surely-no-such-package-xyz==0.0.1", "--env-manager", manager,
+                      env={CACHE_VAR: str(cache)})
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: installing surely-no-such-package-xyz==0.0.1 failed ({'uv' if manager == 'uv' else 'python'} exit 1):"], proc.stderr
@@ -99,13 +101,13 @@ def test_failed_install_leaves_nothing_and_says_why(manager, cache, sample_model
     assert environments(cache) == []
 
 
-def test_nothing_to_install_runs_in_place(cache, sample_models, start_server):
+def test_nothing_to_install_runs_in_place(cache, start_server):
     server = start_server("--conf", WINE / "conf.yaml", env={CACHE_VAR: str(cache)})
     assert executable(server) == sys.executable
     assert not cache.exists()
 
 
-def test_local_installs_into_the_server_environment_with_a_warning(cache, sample_models, start_server):
+def test_local_installs_into_the_server_environment_with_a_warning(cache, start_server):
     server = start_server("--conf", WINE / "conf.yaml", "--packages", "pyyaml", "--env-manager", "local",
                           env={CACHE_VAR: str(cache)})
     assert executable(server) == sys.executable
@@ -117,7 +119,7 @@ def test_local_installs_into_the_server_environment_with_a_warning(cache, sample
 def test_unknown_env_manager_is_refused(tmp_path):
     conf = tmp_path / "conf.yaml"
     conf.write_text("env_manager: conda\nplugin: x.py\nmodel_uri: y\n")
-    proc = run_cli("--conf", conf)
+    proc = serve_main("--conf", conf)
     assert proc.returncode == 2 and "error: env_manager must be one of uv, virtualenv, local, not 'conda'" in proc.stderr
-    proc = run_cli("--conf", conf, "--env-manager", "conda")
+    proc = serve_main("--conf", conf, "--env-manager", "conda")
     assert proc.returncode == 2 and "invalid choice: 'conda'" in proc.stderr

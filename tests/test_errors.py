@@ -1,9 +1,11 @@
-"""Bad input and failing plugins: the right status, a JSON error, no traceback, the server stays up."""
+"""Bad input and failing plugins: the right status, a JSON error, no traceback, the server stays up.
+
+In-process (the app with the real samples); the WSGI server's own refusals are in test_serving.py.
+"""
 
 import io
 
 import pytest
-import requests
 from PIL import Image
 
 from conftest import DIGIT_PNG, TEST_PLUGINS, WINE, WINE_JSON
@@ -74,23 +76,24 @@ def test_mnist_bad_images(mnist_server, make_body, content_type, status, code, f
 
 
 def test_http_level_errors_are_json(wine_server):
-    assert_error(requests.get(wine_server.url + "/api/nothing-here"), 404, "NOT_FOUND", "no such endpoint")
-    assert_error(requests.get(wine_server.url + "/api/predict"), 405, "METHOD_NOT_ALLOWED", "allowed: POST")
-    assert_error(requests.delete(wine_server.url + "/api/status"), 405, "METHOD_NOT_ALLOWED", "allowed: GET")
+    assert_error(wine_server.get("/api/nothing-here"), 404, "NOT_FOUND", "no such endpoint")
+    assert_error(wine_server.get("/api/predict"), 405, "METHOD_NOT_ALLOWED", "allowed: POST")
+    assert_error(wine_server.request("DELETE", "/api/status"), 405, "METHOD_NOT_ALLOWED", "allowed: GET")
 
 
-def test_body_over_the_limit_is_413(sample_models, start_server):
-    server = start_server("--conf", WINE / "conf.yaml", "--max-request-bytes", "1000")
+def test_body_over_the_limit_is_413(make_app):
+    server = make_app("--conf", WINE / "conf.yaml", "--max-request-bytes", "1000")
     big = b'{"columns": ["a"], "data": [' + b"[1]," * 1000 + b"[1]]}"
     assert_error(server.predict(big), 413, "REQUEST_ENTITY_TOO_LARGE", "1000 bytes")
     assert server.predict(WINE_JSON.read_bytes()).status_code == 200
 
 
-@pytest.fixture(scope="module")
-def behaviour_server(sample_models, start_server):
+@pytest.fixture
+def behaviour_server(make_app):
+    """A plugin of tests/plugins/behaviours.py around the wine model, of this test's own (its log is read)."""
     def start(class_name):
-        return start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", f"behaviours.{class_name}",
-                            "--model-uri", WINE / "model")
+        return make_app("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", f"behaviours.{class_name}",
+                        "--model-uri", WINE / "model")
     return start
 
 

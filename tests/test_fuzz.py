@@ -1,6 +1,8 @@
 """A battery of malformed and hostile requests, each with its exact status; the server stays up.
 
-Also: schemathesis against /api/swagger, and a bounded soak with memory flat.
+The batteries run in-process against the samples' apps; the HTTP battery also against a real
+server process (gunicorn parses the request line and path first). Also, marked slow:
+schemathesis against /api/swagger of real servers, and a bounded soak with memory flat.
 """
 
 import io
@@ -15,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import DIGIT_PNG, TEST_PLUGINS, WINE, WINE_JSON
+from conftest import DIGIT_PNG, MNIST, TEST_PLUGINS, WINE, WINE_JSON
 
 WINE_DOC = json.loads(WINE_JSON.read_text())
 COLUMNS = WINE_DOC["columns"]
@@ -185,14 +187,10 @@ def test_mnist_battery(mnist_server, case):
 
 
 @pytest.fixture(scope="module")
-def behaviour_servers(sample_models, start_server):
-    servers = {}
-
+def behaviour_servers(shared_app):
     def get(class_name):
-        if class_name not in servers:
-            servers[class_name] = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class",
-                                               f"behaviours.{class_name}", "--model-uri", WINE / "model")
-        return servers[class_name]
+        return shared_app("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", f"behaviours.{class_name}",
+                          "--model-uri", WINE / "model")
 
     return get
 
@@ -206,10 +204,12 @@ def test_plugin_battery(behaviour_servers, case):
 
 
 @pytest.mark.parametrize("case", HTTP_CASES, ids=[f"{c[0]}{c[1][:20]}" for c in HTTP_CASES])
-def test_http_battery(wine_server, case):
+@pytest.mark.parametrize("where", ["wine_server", "wine_process"], ids=["app", "process"])
+def test_http_battery(request, where, case):
+    server = request.getfixturevalue(where)
     method, path, status, error_code = case
-    check(requests.request(method, wine_server.url + path, data=b"x"), status, error_code)
-    assert wine_server.alive()
+    check(server.request(method, path, data=b"x"), status, error_code)
+    assert server.alive()
 
 
 def test_battery_has_at_least_sixty_bad_inputs():
@@ -217,9 +217,10 @@ def test_battery_has_at_least_sixty_bad_inputs():
     assert sum(status != 200 for status in statuses) >= 60
 
 
-@pytest.mark.parametrize("server", ["wine_server", "mnist_server"])
-def test_schemathesis_finds_no_failure(request, server, tmp_path):
-    url = request.getfixturevalue(server).url
+@pytest.mark.slow
+@pytest.mark.parametrize("conf", [WINE / "conf.yaml", MNIST / "conf.yaml"], ids=["wine", "mnist"])
+def test_schemathesis_finds_no_failure(start_server, conf, tmp_path):
+    url = start_server("--conf", conf).url
     schemathesis = os.path.join(os.path.dirname(sys.executable), "schemathesis")
     # Every check but positive_data_acceptance: the spec declares the body's media types, and
     # which JSON values are acceptable is the plugin's to say (a 400 for "[]" is right).
@@ -239,7 +240,8 @@ def rss_kb(pid):
 SOAK_REQUESTS = int(os.environ.get("SOAK_REQUESTS", "20000"))
 
 
-def test_soak_memory_stays_flat(sample_models, start_server):
+@pytest.mark.slow
+def test_soak_memory_stays_flat(start_server):
     """A bounded soak on 127.0.0.1: worker memory after warm-up and at the end within 5%."""
     server = start_server("--conf", WINE / "onnx" / "conf.yaml")
     worker = requests.get(server.url + "/api/status").json()["system"]["pid"]

@@ -1,4 +1,7 @@
-"""Limits: request body size, image pixels, request time. Each refusal is JSON, the server stays up."""
+"""Limits: request body size, image pixels, request time. Each refusal is JSON, the server stays up.
+
+In-process, but for the chunked body, which gunicorn reads first.
+"""
 
 import io
 import json
@@ -17,8 +20,10 @@ def png(width, height):
     return out.getvalue()
 
 
-def test_chunked_body_over_the_limit_is_413(sample_models, start_server):
-    server = start_server("--conf", WINE / "conf.yaml", "--max-request-bytes", "2000")
+@pytest.mark.parametrize("where", ["app", "process"])
+def test_chunked_body_over_the_limit_is_413(where, make_app, start_server):
+    args = ("--conf", WINE / "conf.yaml", "--max-request-bytes", "2000")
+    server = make_app(*args) if where == "app" else start_server(*args)
 
     def chunks():  # no Content-Length: the limit must hold while reading
         for _ in range(100):
@@ -29,8 +34,8 @@ def test_chunked_body_over_the_limit_is_413(sample_models, start_server):
 
 
 @pytest.fixture(scope="module")
-def small_image_server(sample_models, start_server):
-    return start_server("--conf", MNIST / "conf.yaml", "--max-image-pixels", "10000")
+def small_image_server(shared_app):
+    return shared_app("--conf", MNIST / "conf.yaml", "--max-image-pixels", "10000")
 
 
 def test_image_over_the_pixel_limit_is_400(small_image_server):
@@ -48,8 +53,8 @@ def test_decompression_bomb_is_refused_cheaply(small_image_server):
     assert small_image_server.alive()
 
 
-def test_pixel_limit_also_guards_plugins_using_pillow_directly(sample_models, start_server):
-    server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.RawPillow",
+def test_pixel_limit_also_guards_plugins_using_pillow_directly(make_app):
+    server = make_app("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.RawPillow",
                           "--model-uri", WINE / "model", "--max-image-pixels", "10000")
     assert server.predict(DIGIT_PNG.read_bytes(), content_type="image/png").status_code == 200
     assert_error(server.predict(png(150, 100), content_type="image/png"), 400, "BAD_REQUEST")
@@ -61,8 +66,8 @@ def slow_body(seconds):
 
 
 @pytest.mark.parametrize("class_name, body", [("Slow", slow_body(30)), ("Spinning", WINE_JSON.read_text())])
-def test_prediction_over_the_timeout_is_504(sample_models, start_server, class_name, body):
-    server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", f"behaviours.{class_name}",
+def test_prediction_over_the_timeout_is_504(make_app, class_name, body):
+    server = make_app("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", f"behaviours.{class_name}",
                           "--model-uri", WINE / "model", "--request-timeout", "1")
     started = time.monotonic()
     assert_error(server.predict(body), 504, "GATEWAY_TIMEOUT", "limit of 1 s")

@@ -1,5 +1,7 @@
 """Differential: `mlflow models serve` and this server with no plugin, on the same model, answer alike.
 
+MLflow's server is a real process; ours is the app in-process (the same code a worker runs).
+
 Every request form goes to MLflow's /invocations, to ours and to our /api/predict: equal
 statuses, equal bodies byte for byte on success, equal error codes on failure, and our
 errors never quote the request (a marker string in it must not come back) nor hold a trace.
@@ -102,13 +104,13 @@ PARAMS_CASES = [
 class Pair:
     """`mlflow models serve` and this server (no plugin) on one model."""
 
-    def __init__(self, model, tmp_path_factory, start_server):
+    def __init__(self, model, tmp_path_factory, shared_app):
         port = free_port()
         env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # MLflow runs `uvicorn`
         argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager", "local",
                 "--host", "127.0.0.1", "--port", str(port)]
         self.mlflow = Server(argv, port, tmp_path_factory.mktemp("mlflow") / "mlflow.log", env=env)
-        self.ours = start_server("--model-uri", model)
+        self.ours = shared_app("--model-uri", model)
         self.mlflow.wait_ready(path="/ping")
 
     def stop(self):
@@ -116,14 +118,14 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def wine_pair(sample_models, tmp_path_factory, start_server):
-    pair = Pair(sample_models["wine"], tmp_path_factory, start_server)
+def wine_pair(sample_models, tmp_path_factory, shared_app):
+    pair = Pair(sample_models["wine"], tmp_path_factory, shared_app)
     yield pair
     pair.stop()
 
 
 @pytest.fixture(scope="module")
-def params_pair(tmp_path_factory, start_server):
+def params_pair(tmp_path_factory, shared_app):
     """A tiny pyfunc model whose signature has params, saved from code (loadable by any process)."""
     import mlflow
     from mlflow.models import infer_signature
@@ -134,7 +136,7 @@ def params_pair(tmp_path_factory, start_server):
                                 params={"factor": 2.0, "label": "doubled"})
     mlflow.pyfunc.save_model(folder / "model", python_model=str(folder / "scale.py"), signature=signature,
                              pip_requirements=[f"mlflow=={mlflow.__version__}", "pandas"])
-    pair = Pair(folder / "model", tmp_path_factory, start_server)
+    pair = Pair(folder / "model", tmp_path_factory, shared_app)
     yield pair
     pair.stop()
 
@@ -142,8 +144,8 @@ def params_pair(tmp_path_factory, start_server):
 def assert_same_answer(pair, request_body, content_type):
     headers = {"Content-Type": content_type}
     theirs = requests.post(pair.mlflow.url + "/invocations", data=request_body, headers=headers, timeout=60)
-    ours = requests.post(pair.ours.url + "/invocations", data=request_body, headers=headers, timeout=60)
-    predict = requests.post(pair.ours.url + "/api/predict", data=request_body, headers=headers, timeout=60)
+    ours = pair.ours.predict(request_body, content_type, path="/invocations")
+    predict = pair.ours.predict(request_body, content_type)
     assert ours.status_code == theirs.status_code, (theirs.text[:500], ours.text[:500])
     assert (predict.status_code, predict.content) == (ours.status_code, ours.content)
     assert ours.headers["Content-Type"] == JSON
@@ -174,7 +176,7 @@ def test_model_with_params_answers_as_mlflow_does(params_pair, request_body, con
 def test_params_change_the_prediction(params_pair):
     """The params cases above are meaningful: params reach the model, defaults apply without them."""
     def predict(doc):
-        return requests.post(params_pair.ours.url + "/invocations", data=body(doc), headers={"Content-Type": JSON}).json()
+        return params_pair.ours.predict(body(doc), path="/invocations").json()
 
     assert predict({"dataframe_split": PARAMS_FRAME}) == {
         "predictions": [{"y": 2.0, "label": "doubled"}, {"y": 5.0, "label": "doubled"}]}
@@ -185,7 +187,7 @@ def test_mlflow_quotes_the_request_and_we_do_not(wine_pair):
     """The marker cases are meaningful: MLflow's own answer holds the marker."""
     request_body = dict((c[0], c[1]) for c in WINE_CASES)["string_value"]
     theirs = requests.post(wine_pair.mlflow.url + "/invocations", data=request_body, headers={"Content-Type": JSON})
-    ours = requests.post(wine_pair.ours.url + "/invocations", data=request_body, headers={"Content-Type": JSON})
+    ours = wine_pair.ours.predict(request_body, path="/invocations")
     assert theirs.status_code == ours.status_code == 400 and MARKER in theirs.text
     assert MARKER not in ours.text and ours.json()["message"].startswith("Invalid input.")
 
@@ -193,7 +195,7 @@ def test_mlflow_quotes_the_request_and_we_do_not(wine_pair):
 @pytest.mark.parametrize("path", ["/ping", "/health", "/version"])
 def test_health_and_version_endpoints_answer_as_mlflow_does(wine_pair, path):
     theirs = requests.get(wine_pair.mlflow.url + path, timeout=10)
-    ours = requests.get(wine_pair.ours.url + path, timeout=10)
+    ours = wine_pair.ours.get(path)
     assert (ours.status_code, ours.content, ours.headers["Content-Type"]) == (
         theirs.status_code, theirs.content, theirs.headers["Content-Type"])
     assert ours.status_code == 200 and ours.content == (b"\n" if path != "/version" else mlflow_version())
@@ -212,8 +214,7 @@ def mlflow_version():
     (WINE_JSON.read_bytes(), "text/csv", None),
 ], ids=["json", "csv_out", "broken", "wrong_type"])
 def test_invocations_runs_a_file_plugin_like_predict(wine_server, request_body, content_type, accept):
-    headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
-    predict = requests.post(wine_server.url + "/api/predict", data=request_body, headers=headers, timeout=60)
-    invocations = requests.post(wine_server.url + "/invocations", data=request_body, headers=headers, timeout=60)
+    predict = wine_server.predict(request_body, content_type, accept)
+    invocations = wine_server.predict(request_body, content_type, accept, path="/invocations")
     assert (invocations.status_code, invocations.headers["Content-Type"], invocations.content) == (
         predict.status_code, predict.headers["Content-Type"], predict.content)

@@ -1,16 +1,14 @@
-"""The offline `score` command: real plugins and models, answers compared with a real server's."""
+"""The offline `score` command (its main() in-process): real plugins and models, answers compared with the app's."""
 
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DIGIT_PNG, MNIST, ROOT, SAMPLES, WINE, WINE_JSON
+from conftest import DIGIT_PNG, MNIST, SAMPLES, WINE, WINE_JSON, run_main
 
 WINE_CSV = SAMPLES / "data" / "winequality-white.csv"
 WINE_ROWS = 12
@@ -41,8 +39,7 @@ def wine_requests(rows=WINE_ROWS):
 
 def score(*args):
     """Run `mlflow-pluggable-scoring-server score ARGS`; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "mlflow_pluggable_scoring_server.cli", "score", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return run_main("score", *args)
 
 
 def read_jsonl(path):

@@ -1,11 +1,10 @@
-"""The three samples served as real processes from their conf files and scored over HTTP."""
+"""The samples served from their conf files (in-process) and scored over HTTP."""
 
 import io
 import json
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from conftest import DIGIT_PNG, WINE_JSON
@@ -87,7 +86,7 @@ def test_mnist_as_csv_row(mnist_server):
 
 
 def test_status_keeps_the_2020_keys(wine_server):
-    status = requests.get(wine_server.url + "/api/status").json()
+    status = wine_server.get("/api/status").json()
     system = status["system"]
     assert set(system) == {"pid", "current_dir", "python.version", "request", "current_logging_level"}
     assert set(system["request"]) == {"url_root", "remote_addr"}

@@ -1,13 +1,12 @@
-"""The API's OpenAPI 3 document and Swagger UI, as served."""
+"""The API's OpenAPI 3 document and Swagger UI, as served (in-process)."""
 
 import pytest
-import requests
 from openapi_spec_validator import validate
 
 
 @pytest.fixture(scope="module")
 def mnist_spec(mnist_server):
-    r = requests.get(mnist_server.url + "/api/swagger")
+    r = mnist_server.get("/api/swagger")
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
     return r.json()
 
@@ -32,18 +31,18 @@ def test_predict_documents_responses_and_errors(mnist_spec):
 
 
 def test_json_plugin_body_is_json(wine_server):
-    spec = requests.get(wine_server.url + "/api/swagger").json()
+    spec = wine_server.get("/api/swagger").json()
     validate(spec)
     assert list(spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]) == ["application/json"]
 
 
 def test_swagger_ui_is_served_offline_and_reads_the_spec(mnist_server):
-    page = requests.get(mnist_server.url + "/api/docs")
+    page = mnist_server.get("/api/docs")
     assert page.status_code == 200 and "swagger-ui" in page.text
     assert '"/api/swagger"' in page.text or "'/api/swagger'" in page.text or "/api/swagger" in page.text
     bundle = [line for line in page.text.split('"') if line.endswith("swagger-ui-bundle.js")][0]
-    assert requests.get(mnist_server.url + bundle).status_code == 200
-    root = requests.get(mnist_server.url + "/", allow_redirects=False)
+    assert mnist_server.get(bundle).status_code == 200
+    root = mnist_server.get("/")
     assert root.status_code == 302 and root.headers["Location"].endswith("/api/docs")
 
 
