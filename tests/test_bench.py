@@ -14,10 +14,9 @@ from conftest import ROOT
 
 def readme_bench_command():
     """The README's smoke run (the ```bash block marked ``<!-- test: bench -->``)."""
-    from test_readme import BLOCKS
+    from test_readme import readme_commands
 
-    (commands,) = [commands for marker, commands, _, _ in BLOCKS if marker and marker[0] == "bench"]
-    (command,) = commands
+    (command,) = readme_commands("bench")
     return shlex.split(command)
 
 

@@ -84,37 +84,42 @@ def mlflow_cli(*args, check=True):
     return proc
 
 
-@pytest.mark.slow
-def test_cli_workflow(state, rows, expected, tmp_path):
-    rows.to_json(tmp_path / "rows.json", orient="records")  # what `predict --input-path` reads (pandas.read_json)
+def readme_cli(command):
+    """A README command (`mlflow deployments ...`), run as the user runs it, with the venv's `mlflow` first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, env=env, timeout=CLI_TIMEOUT)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    return proc.stdout
 
-    assert "python_function deployment wine is created" in mlflow_cli(
-        "create", "-t", "pluggable", "--name", "wine", "-m", "plugin_samples/sklearn_wine/model", "-C", "workers=1").stdout
-    listed = mlflow_cli("list", "-t", "pluggable").stdout
+
+@pytest.mark.slow
+def test_cli_workflow_as_the_readme_runs_it(state, expected):
+    """The README's `mlflow deployments` commands, in order, each checked for what it must have done."""
+    from test_readme import readme_commands
+
+    create, listing, get, predict, update, predict_again, delete = readme_commands("deployments")
+    assert "python_function deployment wine is created" in readme_cli(create)
+    listed = readme_cli(listing)
     assert "'name': 'wine'" in listed and "'status': 'ready'" in listed
-    got = dict(line.split(": ", 1) for line in mlflow_cli("get", "-t", "pluggable", "--name", "wine").stdout.splitlines() if ": " in line)
+    got = dict(line.split(": ", 1) for line in readme_cli(get).splitlines() if ": " in line)
     assert got["status"] == "ready" and got["model_uri"] == str(WINE / "model")
     assert requests.get(got["url"] + "/api/health/ready", timeout=5).status_code == 200
+    assert np.allclose(json.loads(readme_cli(predict))["predictions"], expected, rtol=1e-6)
 
-    answer = json.loads(mlflow_cli("predict", "-t", "pluggable", "--name", "wine", "--input-path", tmp_path / "rows.json").stdout)
-    assert np.allclose(answer["predictions"], expected, rtol=1e-6)
-
-    assert "is updated" in mlflow_cli("update", "-t", "pluggable", "--name", "wine", "-C",
-                                      "plugin=plugin_samples/sklearn_wine/plugin.py").stdout
+    assert "is updated" in readme_cli(update)
     updated = get_deploy_client("pluggable").get_deployment("wine")
     assert updated["status"] == "ready" and updated["port"] != int(got["port"])
-    assert updated["config"] == {"workers": 1, "plugin": str(WINE / "plugin.py")}
+    assert updated["config"] == {"workers": 2, "plugin": str(WINE / "plugin.py")}
     assert not group_members(int(got["pid"])), "the old server still runs after the update"
     # The sample plugin answers a bare list; the target wraps it as MLflow's {"predictions": ...}.
-    answer = json.loads(mlflow_cli("predict", "-t", "pluggable", "--name", "wine", "--input-path", tmp_path / "rows.json").stdout)
-    assert np.allclose(answer["predictions"], expected, rtol=1e-6)
+    assert np.allclose(json.loads(readme_cli(predict_again))["predictions"], expected, rtol=1e-6)
     status = requests.get(updated["url"] + "/api/status", timeout=5).json()
     assert status["plugin"]["file"] == str(WINE / "plugin.py")
 
-    assert "Deployment wine is deleted" in mlflow_cli("delete", "-t", "pluggable", "--name", "wine").stdout
+    assert "Deployment wine is deleted" in readme_cli(delete)
     assert not group_members(updated["pid"])
-    assert "Deployment wine is deleted" in mlflow_cli("delete", "-t", "pluggable", "--name", "wine").stdout  # idempotent
-    assert "List of all deployments:\n[]" in mlflow_cli("list", "-t", "pluggable").stdout
+    assert "Deployment wine is deleted" in readme_cli(delete)  # idempotent
+    assert "List of all deployments:\n[]" in readme_cli(listing)
 
 
 @pytest.mark.slow

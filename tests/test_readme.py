@@ -15,6 +15,8 @@ Each ```bash block is preceded by a marker saying how it is checked:
     <!-- test: docker -->          docker-build, then docker run: run with podman by tests/test_docker.py
                                    (skipped there, saying why, where podman cannot run)
     <!-- test: bench -->           the benchmark's smoke run: run by tests/test_bench.py, its table checked
+    <!-- test: deployments -->     the `mlflow deployments` workflow: run by tests/test_deployments.py, each step checked
+    <!-- test: spark-score -->     `spark-score`: run by tests/test_spark.py, its output compared with the server's answers
 
 Paths under /tmp/ in the commands become a folder of the test's own, so that every run starts
 afresh (a second `score` run would otherwise resume and score nothing).
@@ -102,6 +104,12 @@ def blocks_of(*kinds):
         slow = is_slow(marker) or (marker[0].startswith("curl") and is_slow(start_block(marker[1])[0]))
         params.append(pytest.param(block, id=f"line{block[3]}", marks=[pytest.mark.slow] if slow else []))
     return params
+
+
+def readme_commands(kind):
+    """The commands of the one ```bash block marked ``<!-- test: KIND -->``, for the test module that runs them."""
+    (commands,) = [commands for marker, commands, _, _ in BLOCKS if marker and marker[0] == kind]
+    return commands
 
 
 def shell_env():

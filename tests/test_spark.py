@@ -4,9 +4,12 @@ on local Spark, compared with the server's answers (the app in-process) for the 
 Marked slow: each starts a JVM."""
 
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,12 +101,20 @@ def spark_score(*args):
 
 
 @pytest.mark.slow
-def test_spark_score_writes_a_glob_of_pngs_to_parquet(digits, mnist_server, tmp_path):
+def test_readmes_spark_score_writes_a_glob_of_pngs_to_parquet(digits, mnist_server, tmp_path):
+    """The README's command, on a folder of digits with a broken PNG among them and the output here."""
     import pyarrow.parquet as pq
+
+    from test_readme import readme_commands
 
     folder, good = digits
     out = tmp_path / "digits.parquet"
-    proc = spark_score("--conf", MNIST / "conf.yaml", "--output", out, "--master", "local[2]", folder / "*.png")
+    (command,) = readme_commands("spark-score")
+    argv = shlex.split(command)
+    assert argv[:2] == ["mlflow-pluggable-scoring-server", "spark-score"] and argv[-1].endswith("*.png")
+    argv[argv.index("--output") + 1], argv[-1] = str(out), str(folder / "*.png")
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     assert proc.returncode == 1, proc.stderr
     assert "scored 4 of 5 inputs" in proc.stderr and "failed: file:" + str(folder / "broken.png") in proc.stderr
     table = pq.read_table(out).to_pylist()
