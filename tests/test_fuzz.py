@@ -237,7 +237,7 @@ def rss_kb(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-SOAK_REQUESTS = int(os.environ.get("SOAK_REQUESTS", "20000"))
+SOAK_REQUESTS = int(os.environ.get("SOAK_REQUESTS", "10000"))
 
 
 @pytest.mark.slow

@@ -17,6 +17,9 @@ Each ```bash block is preceded by a marker saying how it is checked:
     <!-- test: bench -->           the benchmark's smoke run: run by tests/test_bench.py, its table checked
     <!-- test: deployments -->     the `mlflow deployments` workflow: run by tests/test_deployments.py, each step checked
     <!-- test: spark-score -->     `spark-score`: run by tests/test_spark.py, its output compared with the server's answers
+    <!-- test: spark-start -->, <!-- test: spark-curl -->
+                                   the Spark ML sample's server and its curl example: run by tests/test_spark.py
+                                   (one JVM for both, and the pipeline's own predictions compared)
 
 Paths under /tmp/ in the commands become a folder of the test's own, so that every run starts
 afresh (a second `score` run would otherwise resume and score nothing).
@@ -42,7 +45,6 @@ SAMPLE_COMMANDS = {
     "wine": SERVE + "--conf plugin_samples/sklearn_wine/conf.yaml",
     "onnx": SERVE + "--conf plugin_samples/sklearn_wine/onnx/conf.yaml",
     "mnist": SERVE + "--conf plugin_samples/keras_mnist/conf.yaml",
-    "sparkml": SERVE + "--conf plugin_samples/sparkml_wine/conf.yaml",
     "pyfunc": SERVE + "--model-uri plugin_samples/sklearn_wine/model",
     "image": SERVE + "--plugin image --model-uri plugin_samples/keras_mnist/model",
 }
@@ -120,7 +122,7 @@ def test_every_shell_block_is_checked():
     unchecked = [line for marker, _, _, line in BLOCKS if marker is None]
     assert not unchecked, f"README.md ```bash blocks without a test marker at lines {unchecked}"
     kinds = {marker[0] for marker, _, _, _ in BLOCKS}
-    assert {"quickstart", "ci", "start", "curl"} <= kinds
+    assert {"quickstart", "ci", "start", "curl", "spark-start", "spark-curl"} <= kinds
 
 
 @pytest.mark.parametrize("block", blocks_of("ci"))
@@ -175,8 +177,13 @@ def test_server_commands_start_a_server(block, readme_servers, tmp_path, sample_
 
 @pytest.mark.parametrize("block", blocks_of("curl", "curl-keys"))
 def test_curl_examples_answer_what_the_readme_shows(block, readme_servers, tmp_path_factory, sample_models):
-    (kind, sample, tolerance), commands, expected, line = block
-    server = readme_servers(start_block(sample), tmp_path_factory.mktemp("readme"))
+    (kind, sample, _), _, _, _ = block
+    check_curl_block(block, readme_servers(start_block(sample), tmp_path_factory.mktemp("readme")))
+
+
+def check_curl_block(block, server):
+    """The curl commands of ``block``, sent to ``server``, print what the README shows after them."""
+    (kind, _, tolerance), commands, expected, line = block
     assert expected is not None, f"curl block at line {line} shows no output"
     outputs = []
     for command in commands:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MNIST, ROOT, SPARKML, WINE, WINE_JSON
+from conftest import MNIST, ROOT, WINE, WINE_JSON, Server, free_port
 from test_offline import wine_requests, write_digits
 
 pytest.importorskip("pyspark")
@@ -31,9 +31,24 @@ def spark():
 
 
 @pytest.fixture(scope="module")
-def sparkml_server(shared_server):
-    """The Spark ML wine sample: its worker starts a local Spark (Java) when it loads the model."""
-    return shared_server("--conf", SPARKML / "conf.yaml")
+def sparkml_server(tmp_path_factory, sample_models):
+    """The Spark ML wine sample, started by the README's command: its worker starts a local Spark (Java)."""
+    from test_readme import readme_commands, shell_env
+
+    (command,) = readme_commands("spark-start")
+    port = free_port()
+    server = Server(["bash", "-c", f"{command} --port {port}"], port, tmp_path_factory.mktemp("sparkml") / "server.log",
+                    env=shell_env())
+    yield server.wait_ready(timeout=600)
+    server.stop()
+
+
+@pytest.mark.slow
+def test_readmes_curl_example_answers_what_it_shows(sparkml_server):
+    from test_readme import BLOCKS, check_curl_block
+
+    (block,) = [b for b in BLOCKS if b[0] and b[0][0] == "spark-curl"]
+    check_curl_block(block, sparkml_server)
 
 
 @pytest.fixture(scope="module")
