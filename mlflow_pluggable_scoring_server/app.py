@@ -17,7 +17,7 @@ from flask_restx import Api, Resource
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
-from .errors import NotReady, ScoringError, Unauthorized
+from .errors import InvalidInput, NotReady, ScoringError, Unauthorized
 from .openapi import openapi_spec
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,23 @@ def error_body(e):
 
 
 def request_body(limit):
-    """The request body; 413 when it is over ``limit`` bytes, chunked bodies included."""
-    if request.content_length is not None:
-        return request.get_data(cache=False)  # werkzeug refuses a long Content-Length unread
-    body = request.environ["wsgi.input"].read(limit + 1)  # werkzeug would cut it short silently
+    """The request body; 413 when it is over ``limit`` bytes, chunked bodies included.
+
+    400 when it ends before its Content-Length or its chunked framing is broken; the read
+    deadline's 408 (raised by the worker's socket) passes through.
+    """
+    length = request.content_length
+    try:
+        if length is not None:
+            body = request.get_data(cache=False)  # werkzeug refuses a long Content-Length unread
+        else:
+            body = request.environ["wsgi.input"].read(limit + 1)  # werkzeug would cut it short silently
+    except (ScoringError, HTTPException):  # the read deadline's 408, werkzeug's 413
+        raise
+    except Exception:  # the server's reader: a malformed chunk size, a missing terminator, a reset
+        raise InvalidInput("the request body cannot be read: its chunked framing is malformed or it was cut off") from None
+    if length is not None and len(body) < length:
+        raise InvalidInput(f"the request body ended after {len(body)} of the {length} bytes its Content-Length announced")
     if len(body) > limit:
         raise RequestEntityTooLarge()
     return body
@@ -73,6 +86,7 @@ def create_app(scorer, settings, metrics=None, token=None):
     ``token``: the bearer token callers must send, or None for no auth.
     """
     app = Flask(__name__)
+    app.extensions["mlflow_pss"] = {"scorer": scorer, "settings": settings}  # for the worker: readiness, read timeout
     app.json.sort_keys = False  # keep the plugin's order of media types in the spec
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,

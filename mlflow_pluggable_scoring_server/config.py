@@ -48,6 +48,11 @@ class Settings:
     max_request_bytes: int = _doc("Largest request body accepted; larger ones get 413.", default=16 * 1024 * 1024)
     max_image_pixels: int = _doc("Largest image (width x height) a plugin may decode; larger ones get 400.", default=25_000_000)
     request_timeout: float = _doc("Seconds a prediction may take; slower ones get 504.", default=60.0)
+    read_timeout: float = _doc(
+        "Seconds a client has to send its whole request (head and body) from its first byte;"
+        " a slower one gets 408 and its connection is closed.",
+        default=30.0,
+    )
     max_batch_size: int = _doc(
         "Most requests merged into one model call, for a plugin that can batch (BatchPlugin);"
         " 1: no batching. Default: the plugin's max_batch_size, else 1.",
@@ -167,10 +172,11 @@ def _validate(s):
         raise StartupError(message)
 
     for name, kind in (("port", int), ("workers", int), ("max_request_bytes", int), ("max_image_pixels", int),
-                       ("request_timeout", (int, float)), ("graceful_timeout", (int, float))):
+                       ("request_timeout", (int, float)), ("read_timeout", (int, float)),
+                       ("graceful_timeout", (int, float))):
         if not isinstance(getattr(s, name), kind) or isinstance(getattr(s, name), bool):
             fail(f"{name} must be a number, not {getattr(s, name)!r}")
-    for name in ("max_image_pixels", "request_timeout", "graceful_timeout"):
+    for name in ("max_image_pixels", "request_timeout", "read_timeout", "graceful_timeout"):
         if getattr(s, name) <= 0:
             fail(f"{name} must be positive, not {getattr(s, name)}")
     if not isinstance(s.public_endpoints, list) or not set(s.public_endpoints) <= set(ENDPOINT_GROUPS):

@@ -62,3 +62,9 @@ class RequestTimeout(ScoringError):
     """The plugin did not answer within the request timeout (504)."""
 
     status_code = HTTPStatus.GATEWAY_TIMEOUT
+
+
+class ReadTimeout(ScoringError):
+    """The client did not send its whole request within the read timeout (408)."""
+
+    status_code = HTTPStatus.REQUEST_TIMEOUT

@@ -13,13 +13,23 @@ import tempfile
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+_owned = None  # the samples directory this master made; its workers inherit the knowledge
+
+
 def prepare():
     """Create the samples directory (unless the environment names one); returns it and whether we own it."""
+    global _owned
     if os.environ.get(MULTIPROC_ENV):
         return os.environ[MULTIPROC_ENV], False
-    folder = tempfile.mkdtemp(prefix="mlflow-pss-metrics-")
+    folder = _owned = tempfile.mkdtemp(prefix="mlflow-pss-metrics-")
     os.environ[MULTIPROC_ENV] = folder
     return folder, True
+
+
+def cleanup_orphaned():
+    """In a worker whose master died: remove the samples directory the master made, as it would have."""
+    if _owned:
+        shutil.rmtree(_owned, ignore_errors=True)
 
 
 def worker_exit(pid):

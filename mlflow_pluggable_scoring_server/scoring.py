@@ -4,10 +4,12 @@ No HTTP here (the web layer passes bytes and header values in, gets bytes and a
 media type out), and no model details (the plugin owns those).
 """
 
+import ctypes
 import logging
-import signal
+import queue
 import threading
-from contextlib import contextmanager, nullcontext
+from concurrent.futures import Future
+from contextlib import contextmanager
 from functools import partial
 
 from .batching import Batcher
@@ -22,34 +24,59 @@ def too_slow(seconds):
     return RequestTimeout(f"the prediction took longer than the server's limit of {seconds:g} s")
 
 
-_limit = None  # the running deadline's seconds, for the message of the RequestTimeout it raises
+class Aborted(BaseException):
+    """Raised in the model thread in a call that overran its deadline: not an Exception, so that
+    neither the plugin nor the libraries it calls (MLflow's own scoring) can catch it."""
 
 
-def _expire(signum, frame):
-    raise too_slow(_limit)
+class ModelThread:
+    """Runs the plugin's calls one at a time, in a thread of their own; each caller waits at most its timeout.
 
-
-@contextmanager
-def deadline(seconds):
-    """Raise RequestTimeout in this thread when the block runs longer than ``seconds``.
-
-    A SIGALRM timer: it interrupts Python code (a C call is interrupted when it returns).
-    Signals reach only the main thread, where gunicorn's sync worker serves requests;
-    elsewhere the block runs without a deadline. The handler is installed once per
-    process; each request only arms and disarms the timer.
+    A call still queued when its caller gives up is never run; one that is running has
+    :class:`Aborted` raised in it, which stops Python code at once (a C call or a sleep
+    finishes first). Either way the caller is answered at its deadline.
     """
-    global _limit
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if signal.getsignal(signal.SIGALRM) is not _expire:
-        signal.signal(signal.SIGALRM, _expire)
-    _limit = seconds
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def __init__(self, name="model"):
+        self._calls = queue.SimpleQueue()
+        self._running = None
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, fn, timeout):
+        """``fn()``, run in the model thread; RequestTimeout after ``timeout`` seconds."""
+        future = Future()
+        self._calls.put((future, fn))
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if not future.cancel():
+                self._abort(future)
+            raise too_slow(timeout) from None
+
+    def _serve(self):
+        while True:
+            try:
+                future, fn = self._calls.get()
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self._running = future
+                try:
+                    result = fn()
+                except BaseException as e:
+                    self._running = None
+                    if isinstance(e, Aborted):
+                        logger.warning("a prediction was stopped at the request timeout")
+                    future.set_exception(e)
+                else:
+                    self._running = None
+                    future.set_result(result)
+            except Aborted:  # it landed just after its call had ended
+                continue
+
+    def _abort(self, future):
+        if self._running is future:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread.ident), ctypes.py_object(Aborted))
 
 
 class Scorer:
@@ -68,6 +95,7 @@ class Scorer:
         self.max_batch_time_ms = max_batch_time_ms
         self.on_batch = on_batch or (lambda size: None)
         self.batcher = None
+        self.model_thread = None  # runs the unbatched predictions, one at a time, within the timeout
         self.ready = threading.Event()
         self.request_types = request_media_types(plugin)
         self.response_types = response_media_types(plugin)
@@ -78,6 +106,8 @@ class Scorer:
         if self.max_batch_size > 1:
             self.batcher = Batcher(partial(self.plugin.run_batch, self.model), self.max_batch_size,
                                    self.max_batch_time_ms / 1000, self.on_batch)
+        elif self.timeout:
+            self.model_thread = ModelThread()
         self.ready.set()
 
     def score(self, body, content_type, accept):
@@ -98,8 +128,9 @@ class Scorer:
         if self.batcher:
             answer = self._encode(self._predict_batched(payload), response_type)
         else:
-            with deadline(self.timeout) if self.timeout else nullcontext():
-                answer = self._encode(self._predict(payload), response_type)
+            predict = partial(self._predict, payload)
+            answer = self._encode(self.model_thread.call(predict, self.timeout) if self.model_thread else predict(),
+                                  response_type)
             self.on_batch(1)
         return answer, response_type
 

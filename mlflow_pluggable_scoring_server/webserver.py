@@ -3,11 +3,14 @@
     python -m mlflow_pluggable_scoring_server.webserver --conf plugin_samples/sklearn_wine/conf.yaml
     python -m mlflow_pluggable_scoring_server.webserver --plugin-file P --model-uri URI [--port 5005]
 
-The plugin is imported once in the master process; each gunicorn worker loads its
-own model after the fork (TensorFlow, ONNX Runtime and Spark are not fork-safe).
+The master checks the plugin in a child process and never imports it: each gunicorn
+worker imports the plugin and loads its own model after the fork (TensorFlow, ONNX
+Runtime and Spark are not fork-safe, and a plugin's import-time state is the worker's).
 """
 
 import argparse
+import dataclasses
+import json
 import logging
 import logging.config
 import math
@@ -26,6 +29,7 @@ from .plugin import load_plugin
 logger = logging.getLogger("mlflow_pluggable_scoring_server")
 
 WORKER_BOOT_ERROR = 3  # gunicorn halts the whole server when a worker exits with this
+READER_THREADS = 32  # per worker: requests read at once
 
 
 def parse_args(argv=None):
@@ -47,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--max-request-bytes", type=int, help=flag_help("max_request_bytes"))
     p.add_argument("--max-image-pixels", type=int, help=flag_help("max_image_pixels"))
     p.add_argument("--request-timeout", type=float, help=flag_help("request_timeout"))
+    p.add_argument("--read-timeout", type=float, help=flag_help("read_timeout"))
     p.add_argument("--max-batch-size", type=int, help=flag_help("max_batch_size"))
     p.add_argument("--max-batch-time-ms", type=float, help=flag_help("max_batch_time_ms"))
     p.add_argument("--graceful-timeout", type=float, help=flag_help("graceful_timeout"))
@@ -73,8 +78,8 @@ def logging_config(settings):
     }
 
 
-def make_server(settings, plugin, token):
-    """A gunicorn application serving ``plugin`` with ``settings``."""
+def make_server(settings, token):
+    """A gunicorn application serving ``settings``' plugin and model; each worker loads both."""
     from gunicorn.app.base import BaseApplication
 
     from . import metrics
@@ -85,13 +90,11 @@ def make_server(settings, plugin, token):
         def load_config(self):
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
-            if settings.max_batch_size > 1:
-                # Batching needs concurrent requests in a worker: twice a batch of threads, so that
-                # the next batch is decoded while the model scores this one.
-                self.cfg.set("worker_class", "mlflow_pluggable_scoring_server.workers.DrainingThreadWorker")
-                self.cfg.set("threads", 2 * settings.max_batch_size)
-            else:
-                self.cfg.set("worker_class", "mlflow_pluggable_scoring_server.workers.DrainingSyncWorker")
+            self.cfg.set("worker_class", "mlflow_pluggable_scoring_server.workers.ScoringWorker")
+            # Threads read requests (slow clients hold one each until read_timeout) and encode answers;
+            # predictions run in the model's own thread. Batching wants twice a batch: the next batch
+            # is decoded while the model scores this one.
+            self.cfg.set("threads", max(READER_THREADS, 2 * settings.max_batch_size))
             self.cfg.set("graceful_timeout", math.ceil(settings.graceful_timeout))
             # gunicorn kills a worker silent this long; the request timeout (504) must come first.
             self.cfg.set("timeout", math.ceil(settings.request_timeout) + 30)
@@ -105,17 +108,23 @@ def make_server(settings, plugin, token):
             self.cfg.set("on_exit", lambda arbiter: metrics.cleanup(*metrics_dir))
 
         def load(self):
-            return load_app(settings, plugin, token)
+            return load_app(settings, token)
 
     return Server()
 
 
-def load_app(settings, plugin, token):
-    """Build the WSGI app in this (worker) process, and load the model beside it.
+def load_app(settings, token):
+    """Build the WSGI app in this (worker) process with the plugin imported here, and load the model beside it.
 
-    The app answers at once: health and status while the model loads, 503 for
-    predictions until it is ready. A model that cannot be loaded stops the server.
+    The app answers at once in-process; the worker takes connections only once the model is
+    loaded. A plugin or a model that cannot be loaded stops the server.
     """
+    try:
+        plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
+    except StartupError as e:
+        logger.error("error: %s", e)
+        logging.shutdown()
+        os._exit(WORKER_BOOT_ERROR)
     app, scorer = build_app(settings, plugin, token)
     threading.Thread(target=load_model, args=(scorer, settings), name="load-model", daemon=True).start()
     return app
@@ -157,15 +166,47 @@ def main(argv=None):
         logging.config.dictConfig(logging_config(settings))
         check_model_uri(settings.model_uri)
         prepare_environment(settings, argv)  # may re-execute this command in a created environment
-        plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
-        settings = batch_settings(settings, plugin)
+        settings, plugin = check_plugin(settings)
         token = settings.auth_token()
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logger.info("mlflow-pluggable-scoring-server %s: plugin %s, model %s", __version__, plugin, settings.model_uri)
-    make_server(settings, plugin, token).run()
+    make_server(settings, token).run()
     return 0
+
+
+def check_plugin(settings):
+    """Load the plugin in a child process, as a worker will: ``(settings with its batching resolved, its name)``.
+
+    The master never runs plugin code: what a plugin module does when it is imported (a Spark
+    session, a connection, a thread) must belong to the worker that uses it, not be shared by
+    every worker forked from the master. Raises :class:`StartupError` with the child's reason.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running any exit handler of the parent's
+        os.close(read_end)
+        try:
+            plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
+            resolved = batch_settings(settings, plugin)
+            report = {"batch": [resolved.max_batch_size, resolved.max_batch_time_ms], "plugin": repr(plugin)}
+        except StartupError as e:
+            report = {"error": str(e)}
+        except BaseException as e:  # noqa: BLE001 -- whatever it is, the parent says it in one line
+            report = {"error": f"plugin '{settings.plugin}' cannot be loaded: {type(e).__name__}: {e}"}
+        with os.fdopen(write_end, "w") as out:
+            json.dump(report, out)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as answer:
+        text = answer.read()
+    os.waitpid(pid, 0)
+    report = json.loads(text) if text else {"error": f"plugin '{settings.plugin}' cannot be loaded: its import ended the process"}
+    if "error" in report:
+        raise StartupError(report["error"].splitlines()[0] if report["error"] else "the plugin cannot be loaded")
+    size, wait = report["batch"]
+    return dataclasses.replace(settings, max_batch_size=size, max_batch_time_ms=wait), report["plugin"]
 
 
 if __name__ == "__main__":

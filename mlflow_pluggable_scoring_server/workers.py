@@ -1,65 +1,286 @@
-"""The gunicorn workers: gunicorn's sync and threaded workers, serving their backlog before a graceful exit.
+"""The gunicorn worker: gunicorn's threaded worker, made to serve clients on a network directly.
 
-On SIGTERM gunicorn's workers finish the requests in hand and exit. Connections that the
-kernel had already accepted into the shared listening socket's backlog would then be reset
-when the last worker closes it: requests the client saw accepted, lost. These workers serve
-them first, within gunicorn's ``graceful_timeout``. The sync worker serves one request at a
-time (no batching); the threaded one serves many at once, for batching.
+- **Slow clients.** A request (its head and its body) must arrive within ``read_timeout``
+  seconds of its first byte; a client that is slower is answered 408 and its connection
+  closed. Requests are read by a pool of threads, so slow clients do not hold up the others;
+  predictions still run one at a time (or in batches) in the model's own thread.
+- **Readiness.** A worker takes no connection before its model is loaded (it tells the master
+  it is alive meanwhile): a load balancer never reaches a worker that would answer 503.
+- **SIGTERM.** The worker takes in the connections already waiting in the listen backlog, stops
+  listening, answers them and every request in hand, and exits; idle keep-alive connections are
+  closed.
+- **A dead master.** The kernel sends the workers SIGTERM when their master dies (they finish
+  what they hold and exit), and the last of them removes the metrics folder the master made.
+- **Broken framing.** What gunicorn's HTTP parser refuses is answered in the server's JSON error
+  shape with a 4xx status, logged in one line, never quoting the request. A request whose body
+  was not read to its end (an error answered early, a broken chunked body) closes its connection.
 
 Also gunicorn's logger, made to skip the access-log line unless it will be written.
 """
 
-import errno
+import ctypes
+import ctypes.util
+import json
 import logging
+import os
+import selectors
+import signal
+import socket
 import time
+from http import HTTPStatus
 
+from gunicorn import util
 from gunicorn.glogging import Logger
+from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
-from gunicorn.workers.sync import SyncWorker
 
-NOT_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
+from . import metrics
+from .errors import ReadTimeout, ScoringError
+
+PR_SET_PDEATHSIG = 1
+LINGER_SECONDS = 2.0  # gunicorn's own wait for a client to close after its last answer
+
+# gunicorn's parser errors: the status to answer and what to say, never the request's own bytes.
+FRAMING_ERRORS = [
+    (http_errors.LimitRequestLine, HTTPStatus.REQUEST_URI_TOO_LONG, "the request line is longer than the server's limit"),
+    (http_errors.LimitRequestHeaders, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+     "the request has more or longer header fields than the server's limit"),
+    (http_errors.ExpectationFailed, HTTPStatus.EXPECTATION_FAILED, "the Expect header's expectation cannot be met; send the body"),
+    (http_errors.UnsupportedTransferCoding, HTTPStatus.BAD_REQUEST, "the Transfer-Encoding is not supported; send chunked or none"),
+    ((http_errors.InvalidRequestLine, http_errors.InvalidRequestMethod), HTTPStatus.BAD_REQUEST,
+     "the request line is malformed; expected METHOD /path HTTP/1.1"),
+    (http_errors.InvalidHTTPVersion, HTTPStatus.BAD_REQUEST, "the HTTP version is not supported; speak HTTP/1.0 or HTTP/1.1"),
+    ((http_errors.InvalidHeader, http_errors.InvalidHeaderName, http_errors.ObsoleteFolding,
+      http_errors.InvalidSchemeHeaders), HTTPStatus.BAD_REQUEST, "a header field is malformed, repeated or not allowed"),
+    ((http_errors.InvalidChunkSize, http_errors.ChunkMissingTerminator, http_errors.InvalidChunkExtension),
+     HTTPStatus.BAD_REQUEST, "the chunked request body is malformed"),
+    (http_errors.ParseException, HTTPStatus.BAD_REQUEST, "the request is not valid HTTP/1.1"),
+]
 
 
-class DrainingSyncWorker(SyncWorker):
+def framing_error(exc):
+    """``(status, message)`` for an error of gunicorn's request parser, or None for any other exception."""
+    if isinstance(exc, ScoringError):
+        return exc.status_code, exc.message
+    for kinds, status, message in FRAMING_ERRORS:
+        if isinstance(exc, kinds):
+            return status, message
+    return None
+
+
+def error_response(status, message):
+    """A whole HTTP response in the server's error shape, closing the connection."""
+    body = json.dumps({"error_code": status.name, "message": message}).encode()
+    head = (f"HTTP/1.1 {status.value} {status.phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class DeadlineSocket:
+    """A client socket whose reads fail with :class:`ReadTimeout` once the request's read deadline has passed.
+
+    The deadline runs from the first byte of a request read by :meth:`read_request` until
+    :meth:`done`; anything else is the socket's own.
+    """
+
+    def __init__(self, sock, seconds):
+        self._sock = sock
+        self.seconds = seconds
+        self.deadline = None
+        self.reading = False
+        self.expired = False
+
+    @property
+    def raw(self):
+        return self._sock
+
+    def read_request(self):
+        self.reading, self.deadline = True, None
+
+    def done(self):
+        self.reading, self.deadline = False, None
+        self._sock.settimeout(None)
+
+    def _arm(self):
+        if not self.reading:
+            return
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.seconds
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self._expire()
+        self._sock.settimeout(remaining)
+
+    def _expire(self):
+        self.expired = True
+        raise ReadTimeout(f"the request was not received within the server's read_timeout of {self.seconds:g} s")
+
+    def recv(self, *args):
+        self._arm()
+        try:
+            return self._sock.recv(*args)
+        except TimeoutError:
+            if self.reading:
+                self._expire()
+            raise
+
+    def recv_into(self, *args):
+        self._arm()
+        try:
+            return self._sock.recv_into(*args)
+        except TimeoutError:
+            if self.reading:
+                self._expire()
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def die_with_parent():
+    """Ask the kernel for SIGTERM when the master dies (Linux); elsewhere gunicorn's own check, once a second, remains."""
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+
+
+class ScoringWorker(ThreadWorker):
+    """gunicorn's threaded worker with read deadlines, readiness, a clean SIGTERM and JSON framing errors."""
+
+    def init_process(self):
+        self.lingering = {}  # sockets answered and half-closed -> when to close them anyway
+        die_with_parent()
+        if os.getppid() != self.ppid:  # the master died before we asked
+            os._exit(0)
+        super().init_process()
+
+    @property
+    def scoring(self):
+        """The app's scorer and settings (see app.create_app)."""
+        return self.wsgi.extensions["mlflow_pss"]
+
     def run(self):
-        super().run()
-        if self.is_parent_alive():
-            self.drain()
+        if self.wait_for_model():
+            super().run()
+        for sock in list(self.lingering):
+            self.close_lingering(sock)
+        if os.getppid() != self.ppid:  # orphaned: the master cannot clean up any more
+            metrics.cleanup_orphaned()
 
-    def drain(self):
-        deadline = time.monotonic() + self.cfg.graceful_timeout
-        served = True
-        while served and time.monotonic() < deadline:
-            served = False
-            for listener in self.sockets:
-                try:
-                    self.accept(listener)
-                    served = True
-                except OSError as e:
-                    if e.errno not in NOT_WAITING:
-                        raise
-
-
-class DrainingThreadWorker(ThreadWorker):
-    """The threaded worker waits for the connections it holds; this one first takes in the backlog too."""
+    def wait_for_model(self):
+        """Take no connection before the model is loaded; meanwhile tell the master we are alive."""
+        ready = self.scoring["scorer"].ready
+        while not ready.wait(0.5):
+            self.notify()
+            if not self.alive or not self.is_parent_alive():
+                return False
+        return self.alive
 
     def set_accept_enabled(self, enabled):
         # Called with False when the worker stops accepting: on shutdown (not alive), or when it
         # holds worker_connections connections (alive; the backlog is then served later).
-        if not enabled and not self.alive:
-            self.drain()
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
-            for listener in self.sockets:  # from now on, a new connection is refused, not accepted and lost
+            for listener in self.sockets:
+                self.drain(listener)
+                # At once: from now on a new connection is refused, not accepted by the kernel and lost.
                 listener.close()
 
-    def drain(self):
-        """Hand every connection waiting in the backlog to the thread pool, as a running worker does."""
-        for listener in self.sockets:
-            taken = None
-            while taken != self.nr_conns:  # accept() counts each connection it takes; none left: no change
-                taken = self.nr_conns
-                self.accept(listener)
+    def drain(self, listener):
+        """Take in every connection waiting in the backlog now, as a running worker does, and no more."""
+        taken = None
+        while taken != self.nr_conns:  # accept() counts each connection it takes; none left: no change
+            taken = self.nr_conns
+            self.accept(listener)
+
+    def finish_request(self, conn, fs):
+        # gunicorn closes a finished connection here, on the main thread, waiting up to 2 s for the
+        # client to close its side: one client slow to close would stall every other connection
+        # (and SIGTERM by 2 s a connection). Here that wait is the poller's.
+        try:
+            keep = fs.result() if not fs.cancelled() else False
+        except Exception:
+            keep = False
+        if keep and self.alive:
+            return super().finish_request(conn, fs)
+        self.nr_conns -= 1
+        self.linger(conn.sock)
+
+    def linger(self, sock):
+        """Close ``sock`` after the client has read the answer: send FIN now, close when the client
+        closes or LINGER_SECONDS later (closing with unread data would reset the answer)."""
+        sock = getattr(sock, "raw", sock)  # no read deadline any more
+        try:
+            sock.setblocking(False)
+            sock.shutdown(socket.SHUT_WR)
+            self.poller.register(sock, selectors.EVENT_READ, self.on_lingering_readable)
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self.lingering[sock] = time.monotonic() + LINGER_SECONDS
+
+    def on_lingering_readable(self, sock):
+        try:
+            if sock.recv(65536):
+                return  # the client is still sending: read on, until it closes or time is up
+        except BlockingIOError:
+            return
+        except Exception:  # reset, or anything else: close
+            pass
+        self.close_lingering(sock)
+
+    def close_lingering(self, sock):
+        self.lingering.pop(sock, None)
+        try:
+            self.poller.unregister(sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        util.close(sock)
+
+    def murder_pending(self):
+        super().murder_pending()
+        now = time.monotonic()
+        for sock in [s for s, until in self.lingering.items() if until <= now]:
+            self.close_lingering(sock)
+
+    def wait_for_and_dispatch_events(self, timeout):
+        # gunicorn's shutdown waits here for the whole graceful_timeout when nothing happens, and
+        # only then closes the keep-alive connections that expired long before: check each second.
+        super().wait_for_and_dispatch_events(min(timeout, 1.0))
+
+    def handle(self, conn):
+        if not isinstance(conn.sock, DeadlineSocket):
+            conn.sock = DeadlineSocket(conn.sock, self.scoring["settings"].read_timeout)
+        conn.sock.read_request()
+        return super().handle(conn)
+
+    def handle_request(self, req, conn):
+        keep_alive = super().handle_request(req, conn)
+        # A body the app did not read to its end (an error answered before it was read, a broken
+        # chunked body, an expired deadline) would be read as the start of the next request: close.
+        try:
+            unread = keep_alive and req.body.read(1)
+        except Exception:
+            unread = True
+        conn.sock.done()
+        return keep_alive and not unread and not conn.sock.expired
+
+    def handle_error(self, req, client, addr, exc):
+        known = framing_error(exc)
+        if known is None:
+            self.log.exception("error handling a request")
+            status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error"
+        else:
+            status, message = known
+            self.log.warning("refused a request from %s: %d %s (%s)", (addr or ("",))[0], status.value, status.phrase,
+                             type(exc).__name__)
+        try:
+            util.write_nonblock(client, error_response(status, message))
+        except Exception:
+            self.log.debug("failed to send the error response")
 
 
 class QuietAccessLogger(Logger):

@@ -65,8 +65,9 @@ def slow_body(seconds):
     return json.dumps({**json.loads(WINE_JSON.read_text()), "sleep": seconds})
 
 
-@pytest.mark.parametrize("class_name, body", [("Slow", slow_body(30)), ("Spinning", WINE_JSON.read_text())])
+@pytest.mark.parametrize("class_name, body", [("Slow", slow_body(3)), ("Spinning", WINE_JSON.read_text())])
 def test_prediction_over_the_timeout_is_504(make_app, class_name, body):
+    """Answered 504 at the deadline; Python code is stopped there (Spinning), a sleep ends first (Slow)."""
     server = make_app("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", f"behaviours.{class_name}",
                           "--model-uri", WINE / "model", "--request-timeout", "1")
     started = time.monotonic()
@@ -74,5 +75,42 @@ def test_prediction_over_the_timeout_is_504(make_app, class_name, body):
     assert time.monotonic() - started < 10
     assert server.alive()
     if class_name == "Slow":
-        r = server.predict(slow_body(0.1))
-        assert r.status_code == 200 and len(r.json()) == 3
+        time.sleep(2.5)  # the model thread is free again once the 3 s sleep is over
+    r = server.predict(slow_body(0.1))
+    assert r.status_code == 200 and len(r.json()) == 3
+
+
+SLEEPY_MODEL = """
+import time
+
+import mlflow
+
+
+class Sleepy(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        time.sleep(float(model_input["sleep"].iloc[0]))
+        return model_input["sleep"] * 2
+
+
+mlflow.models.set_model(Sleepy())
+"""
+
+
+def test_slow_pyfunc_model_is_504(make_app, tmp_path):
+    """The deadline reaches into MLflow's own scoring (which turns an ordinary exception into a 400)."""
+    import mlflow
+
+    (tmp_path / "sleepy.py").write_text(SLEEPY_MODEL)
+    mlflow.pyfunc.save_model(tmp_path / "model", python_model=str(tmp_path / "sleepy.py"),
+                             pip_requirements=[f"mlflow=={mlflow.__version__}"])
+    server = make_app("--model-uri", tmp_path / "model", "--request-timeout", "1")
+
+    def sleep(seconds):
+        return json.dumps({"dataframe_split": {"columns": ["sleep"], "data": [[seconds]]}})
+
+    started = time.monotonic()
+    assert_error(server.predict(sleep(3), path="/invocations"), 504, "GATEWAY_TIMEOUT", "limit of 1 s")
+    assert time.monotonic() - started < 2.5
+    time.sleep(2.5)
+    r = server.predict(sleep(0.1), path="/invocations")
+    assert r.status_code == 200 and r.json() == {"predictions": [{"sleep": 0.2}]}

@@ -68,11 +68,12 @@ class Slow(WinePlugin):
 
 
 class Spinning(WinePlugin):
-    """Burns CPU in Python for ever: only the request timeout stops it."""
+    """Burns CPU in Python for ever (only the request timeout stops it), but for a body with a "sleep" key."""
 
     def predict(self, model, data):
-        while True:
+        while b'"sleep"' not in data:
             pass
+        return super().predict(model, data)
 
 
 class SlowLoad(WinePlugin):
@@ -97,3 +98,35 @@ class RawPillow(WinePlugin):
 
     def request_content_type(self):
         return "image/png"
+
+
+IMPORTED_IN = __import__("os").getpid()  # import-time state: it must be the worker's own
+
+
+class ImportPid(WinePlugin):
+    """Answers the pid of the process that imported this module and of the one scoring."""
+
+    def predict(self, model, data):
+        import os
+
+        return {"imported_in": IMPORTED_IN, "pid": os.getpid()}
+
+
+class StaggeredLoad(WinePlugin):
+    """The first worker to load its model does so at once; the others (and replacements) take 5 s.
+
+    ``marker``: a file that the first one creates.
+    """
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def load_model(self, model_uri):
+        import os
+        import time
+
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            time.sleep(5)
+        return super().load_model(model_uri)
