@@ -7,7 +7,9 @@ media type out), and no model details (the plugin owns those).
 import ctypes
 import logging
 import queue
+import signal
 import threading
+import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
@@ -29,6 +31,26 @@ class Aborted(BaseException):
     neither the plugin nor the libraries it calls (MLflow's own scoring) can catch it."""
 
 
+def _expire(signum, frame):
+    raise Aborted()
+
+
+@contextmanager
+def alarm(seconds):
+    """Raise :class:`Aborted` in the main thread when the block runs longer than ``seconds``.
+
+    A SIGALRM timer: it interrupts Python code and sleeps (a C call is interrupted when it
+    returns). The handler is installed once per process; each call arms and disarms the timer.
+    """
+    if signal.getsignal(signal.SIGALRM) is not _expire:
+        signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 class ModelThread:
     """Runs the plugin's calls one at a time, in a thread of their own; each caller waits at most its timeout.
 
@@ -37,7 +59,8 @@ class ModelThread:
     finishes first). Either way the caller is answered at its deadline.
     """
 
-    def __init__(self, name="model"):
+    def __init__(self, lock, name="model"):
+        self.lock = lock  # held while a call runs
         self._calls = queue.SimpleQueue()
         self._running = None
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -62,7 +85,8 @@ class ModelThread:
                     continue
                 self._running = future
                 try:
-                    result = fn()
+                    with self.lock:
+                        result = fn()
                 except BaseException as e:
                     self._running = None
                     if isinstance(e, Aborted):
@@ -95,7 +119,9 @@ class Scorer:
         self.max_batch_time_ms = max_batch_time_ms
         self.on_batch = on_batch or (lambda size: None)
         self.batcher = None
-        self.model_thread = None  # runs the unbatched predictions, one at a time, within the timeout
+        self.model_thread = None  # runs the unbatched predictions of other threads, within the timeout
+        self.model_lock = threading.Lock()  # one unbatched prediction at a time
+        self.recent_seconds = None  # how long recent unbatched predictions took (moving average)
         self.ready = threading.Event()
         self.request_types = request_media_types(plugin)
         self.response_types = response_media_types(plugin)
@@ -107,7 +133,7 @@ class Scorer:
             self.batcher = Batcher(partial(self.plugin.run_batch, self.model), self.max_batch_size,
                                    self.max_batch_time_ms / 1000, self.on_batch)
         elif self.timeout:
-            self.model_thread = ModelThread()
+            self.model_thread = ModelThread(self.model_lock)
         self.ready.set()
 
     def score(self, body, content_type, accept):
@@ -128,15 +154,35 @@ class Scorer:
         if self.batcher:
             answer = self._encode(self._predict_batched(payload), response_type)
         else:
-            predict = partial(self._predict, payload)
-            answer = self._encode(self.model_thread.call(predict, self.timeout) if self.model_thread else predict(),
-                                  response_type)
+            answer = self._encode(self._predict_within_timeout(payload), response_type)
             self.on_batch(1)
         return answer, response_type
 
+    def _predict_within_timeout(self, payload):
+        """The main thread (the worker answering a request that arrived whole, or one command) predicts
+        itself under a SIGALRM deadline; other threads hand the call to the model thread."""
+        predict = partial(self._predict, payload)
+        if not self.timeout:
+            with self.model_lock:
+                return predict()
+        if threading.current_thread() is not threading.main_thread():
+            return self.model_thread.call(predict, self.timeout)
+        with self.model_lock:
+            try:
+                with alarm(self.timeout):
+                    return predict()
+            except Aborted:
+                logger.warning("a prediction was stopped at the request timeout")
+                raise too_slow(self.timeout) from None
+
     def _predict(self, payload):
-        with self._plugin_errors(payload):
-            return self.plugin.predict(self.model, payload)
+        started = time.perf_counter()
+        try:
+            with self._plugin_errors(payload):
+                return self.plugin.predict(self.model, payload)
+        finally:  # one prediction at a time: no lock needed
+            seconds = time.perf_counter() - started
+            self.recent_seconds = seconds if self.recent_seconds is None else 0.8 * self.recent_seconds + 0.2 * seconds
 
     def _predict_batched(self, payload):
         """Preprocess here, share a model call with other requests, postprocess here; the timeout bounds the wait."""

@@ -23,10 +23,12 @@ import ctypes.util
 import json
 import logging
 import os
+import re
 import selectors
 import signal
 import socket
 import time
+from concurrent.futures import Future
 from http import HTTPStatus
 
 from gunicorn import util
@@ -39,6 +41,9 @@ from .errors import ReadTimeout, ScoringError
 
 PR_SET_PDEATHSIG = 1
 LINGER_SECONDS = 2.0  # gunicorn's own wait for a client to close after its last answer
+INLINE_MAX_SECONDS = 0.02  # predictions are answered on the main thread while they take less (moving average)
+PEEK_BYTES = 65536
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
 
 # gunicorn's parser errors: the status to answer and what to say, never the request's own bytes.
 FRAMING_ERRORS = [
@@ -135,6 +140,24 @@ class DeadlineSocket:
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+
+def arrived_whole(conn):
+    """Whether a keep-alive connection holds a whole request already (head and Content-Length body, no chunks)."""
+    if conn.parser is None or conn.parser.unreader.buf.tell():
+        return False
+    try:
+        data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = data[:end].lower()
+    if b"\r\ntransfer-encoding:" in head:
+        return False
+    length = CONTENT_LENGTH.search(head)
+    return len(data) >= end + 4 + (int(length.group(1)) if length else 0)
 
 
 def die_with_parent():
@@ -245,6 +268,26 @@ class ScoringWorker(ThreadWorker):
         now = time.monotonic()
         for sock in [s for s, until in self.lingering.items() if until <= now]:
             self.close_lingering(sock)
+
+    def on_client_socket_readable(self, conn, client):
+        """A keep-alive connection has data. A request that has arrived whole and is quick to answer is
+        answered right here, on the main thread: no hand-off to a thread and back, as fast as gunicorn's
+        sync worker. Any other request goes to the threads, which may wait for the rest of it."""
+        scorer = self.scoring["scorer"]
+        # Only for quick predictions, one at a time (not batching): while the main thread predicts,
+        # every other connection waits, health checks included.
+        recent = scorer.recent_seconds  # None before the first prediction: unknown, so not quick
+        quick = scorer.max_batch_size == 1 and recent is not None and recent < INLINE_MAX_SECONDS
+        if not (quick and not scorer.model_lock.locked() and arrived_whole(conn)):
+            return super().on_client_socket_readable(conn, client)
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        done = Future()
+        try:
+            done.set_result(self.handle(conn))
+        except BaseException as e:  # noqa: BLE001 -- finish_request reads it as the thread's outcome
+            done.set_exception(e)
+        self.finish_request(conn, done)
 
     def wait_for_and_dispatch_events(self, timeout):
         # gunicorn's shutdown waits here for the whole graceful_timeout when nothing happens, and

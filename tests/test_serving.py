@@ -5,6 +5,7 @@ load, a killed master, broken HTTP framing, a body cut short, a plugin's import-
 Every test is bounded in requests and in time.
 """
 
+import json
 import os
 import re
 import signal
@@ -277,3 +278,35 @@ def test_plugin_import_state_belongs_to_its_worker(start_server):
     answers = [server.predict(BODY).json() for _ in range(40)]
     assert all(a["imported_in"] == a["pid"] for a in answers), answers
     assert len({a["pid"] for a in answers}) == 2
+
+
+def test_health_answers_while_a_slow_model_predicts(start_server):
+    """Quick predictions are answered on the worker's main thread; slow ones never are, so health
+    checks and other connections are answered meanwhile."""
+    server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.Slow",
+                          "--model-uri", WINE / "model")
+    slow_body = json.dumps({**json.loads(BODY), "sleep": 0.5})
+    stop = threading.Event()
+
+    def predict_slowly():
+        with requests.Session() as session:  # keep-alive, as wrk and load balancers do
+            while not stop.is_set():
+                started = time.monotonic()
+                assert session.post(server.url + "/api/predict", data=slow_body,
+                                    headers={"Content-Type": "application/json"}, timeout=30).status_code == 200
+                assert time.monotonic() - started >= 0.45
+
+    with ThreadPoolExecutor(2) as pool:
+        busy = [pool.submit(predict_slowly) for _ in range(2)]
+        time.sleep(1)
+        waits = []
+        for _ in range(10):
+            started = time.monotonic()
+            assert server.get("/api/health/live").status_code == 200
+            waits.append(time.monotonic() - started)
+            time.sleep(0.1)
+        stop.set()
+        for future in busy:
+            future.result()
+    print(f"liveness answered in {max(waits) * 1000:.0f} ms at most beside 0.5 s predictions")
+    assert max(waits) < 0.3, waits
