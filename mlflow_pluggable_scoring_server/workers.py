@@ -121,18 +121,15 @@ class DeadlineSocket:
         raise ReadTimeout(f"the request was not received within the server's read_timeout of {self.seconds:g} s")
 
     def recv(self, *args):
-        self._arm()
-        try:
-            return self._sock.recv(*args)
-        except TimeoutError:
-            if self.reading:
-                self._expire()
-            raise
+        return self._read(self._sock.recv, args)
 
     def recv_into(self, *args):
+        return self._read(self._sock.recv_into, args)
+
+    def _read(self, method, args):
         self._arm()
         try:
-            return self._sock.recv_into(*args)
+            return method(*args)
         except TimeoutError:
             if self.reading:
                 self._expire()

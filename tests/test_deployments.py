@@ -224,7 +224,7 @@ def test_run_local(state, rows, expected, tmp_path):
             try:
                 if requests.get(f"http://127.0.0.1:{port}/api/health/ready", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or its worker still loading
                 pass
             time.sleep(0.5)
         body = json.dumps({"dataframe_split": rows.to_dict(orient="split")})
