@@ -6,6 +6,7 @@ In-process, but for the chunked body, which gunicorn reads first.
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -96,8 +97,10 @@ mlflow.models.set_model(Sleepy())
 """
 
 
-def test_slow_pyfunc_model_is_504(make_app, tmp_path):
-    """The deadline reaches into MLflow's own scoring (which turns an ordinary exception into a 400)."""
+@pytest.mark.parametrize("caller", ["main thread", "other thread"])
+def test_slow_pyfunc_model_is_504(make_app, tmp_path, caller):
+    """The deadline reaches into MLflow's own scoring (which turns an ordinary exception into a 400),
+    whichever thread answers: the worker's main thread (a SIGALRM) or a reading thread (the model thread)."""
     import mlflow
 
     (tmp_path / "sleepy.py").write_text(SLEEPY_MODEL)
@@ -106,11 +109,15 @@ def test_slow_pyfunc_model_is_504(make_app, tmp_path):
     server = make_app("--model-uri", tmp_path / "model", "--request-timeout", "1")
 
     def sleep(seconds):
-        return json.dumps({"dataframe_split": {"columns": ["sleep"], "data": [[seconds]]}})
+        body = json.dumps({"dataframe_split": {"columns": ["sleep"], "data": [[seconds]]}})
+        if caller == "main thread":
+            return server.predict(body, path="/invocations")
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(server.predict, body, path="/invocations").result()
 
     started = time.monotonic()
-    assert_error(server.predict(sleep(3), path="/invocations"), 504, "GATEWAY_TIMEOUT", "limit of 1 s")
+    assert_error(sleep(3), 504, "GATEWAY_TIMEOUT", "limit of 1 s")
     assert time.monotonic() - started < 2.5
     time.sleep(2.5)
-    r = server.predict(sleep(0.1), path="/invocations")
+    r = sleep(0.1)
     assert r.status_code == 200 and r.json() == {"predictions": [{"sleep": 0.2}]}
