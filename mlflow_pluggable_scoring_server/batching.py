@@ -78,10 +78,16 @@ class Batcher:
             self._arrived.notify()
 
     def _serve(self):
-        while True:
+        while True:  # this thread must outlive anything a batch raises: every later request waits on it
             batch = [(item, future) for _, item, future in self._next_batch() if future.set_running_or_notify_cancel()]
-            if batch:  # all cancelled (their requests timed out) is possible
-                self._score(batch)
+            try:
+                if batch:  # all cancelled (their requests timed out) is possible
+                    self._score(batch)
+            except Exception as e:
+                logger.exception("the batcher failed outside the model call")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
 
     def _next_batch(self):
         """Wait for a first input, then for up to ``max_size`` of them until ``max_wait`` after the first
@@ -107,6 +113,9 @@ class Batcher:
             for one in batch:
                 self._score([one])
             return
-        self.on_batch(len(batch))
         for (_, future), output in zip(batch, outputs):
             future.set_result(output)
+        try:
+            self.on_batch(len(batch))
+        except Exception:  # the answers are out; a metric lost is only logged
+            logger.exception("on_batch failed")

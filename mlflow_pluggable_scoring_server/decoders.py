@@ -23,8 +23,10 @@ def read_json(data):
         return json.loads(data)
     except UnicodeDecodeError:
         raise InvalidInput("request body is not UTF-8 text; expected a JSON document") from None
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise InvalidInput(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError:  # Python's limit on the digits of an integer (4,300)
+        raise InvalidInput("request body holds a number with more digits than JSON numbers here may have") from None
     except RecursionError:
         raise InvalidInput("request body is JSON nested too deeply") from None
 

@@ -116,3 +116,18 @@ def test_plugin_answering_with_an_image(behaviour_server):
     as_json = server.predict(WINE_JSON.read_bytes(), accept="application/json")
     assert as_json.status_code == 200 and as_json.headers["Content-Type"] == "application/json"
     assert_error(server.predict(WINE_JSON.read_bytes(), accept="text/csv"), 406, "NOT_ACCEPTABLE", "image/png")
+
+
+HUGE_NUMBER = b'{"columns": ["alcohol"], "data": [[' + b"1" * 5000 + b"]]}"  # over Python's 4,300 digits
+
+
+@pytest.mark.parametrize("server, path, body", [
+    ("wine_server", "/api/predict", HUGE_NUMBER),
+    ("onnx_server", "/api/predict", HUGE_NUMBER),
+    ("pyfunc_server", "/invocations", b'{"dataframe_split": ' + HUGE_NUMBER + b"}"),
+    ("pyfunc_server", "/api/predict", b'{"dataframe_split": ' + HUGE_NUMBER + b"}"),
+])
+def test_a_number_of_5000_digits_is_400(request, server, path, body):
+    app = request.getfixturevalue(server)
+    assert_error(app.predict(body, path=path), 400, "BAD_REQUEST", "more digits")
+    assert app.alive()
