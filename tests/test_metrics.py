@@ -57,3 +57,18 @@ def test_an_app_alone_counts_its_own_requests(make_app):
     found = samples(server)
     assert total(found, "scoring_requests_total", endpoint="/api/predict", status="200") == 3
     assert total(found, "scoring_prediction_errors_total", error_code="BAD_REQUEST") == 1
+
+
+def test_counts_are_exact_when_the_plugin_imports_prometheus_client(start_server):
+    """The samples folder is named before any plugin code runs, so a plugin importing prometheus_client
+    at module level still gets metrics summed across workers."""
+    from conftest import TEST_PLUGINS, WINE
+
+    server = start_server("--plugin-file", TEST_PLUGINS / "imports_prometheus.py", "--model-uri", WINE / "model",
+                          "--workers", "2").wait_workers_ready(2)
+    pids = set()
+    for _ in range(40):
+        assert server.predict(WINE_JSON.read_bytes()).status_code == 200
+        pids.add(server.get("/api/status").json()["system"]["pid"])
+    assert len(pids) == 2, "both workers answered"
+    assert total(samples(server), "scoring_requests_total", endpoint="/api/predict", status="200") == 40
