@@ -8,7 +8,19 @@ the plugin's packages, the plugin and the model, and the image's conf file), the
 it with ``docker build`` when a Docker engine answers, else with podman or buildah, else it
 stops there and says how to build it. The image runs the server as a non-root user on
 0.0.0.0:5005, with a HEALTHCHECK.
+
+The 2020 way works too: ``python mlflow_pluggable_scoring_server/docker_build.py`` (a script
+path) with ``--plugin-full-class`` (``--plugin-class``) and ``--tmp-model-dir``
+(``--context-dir``).
 """
+
+if __name__ == "__main__" and not __package__:  # run as a script: import the package it belongs to
+    import os as _os
+    import sys as _sys
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [_os.path.dirname(_here)] + [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
+    __package__ = "mlflow_pluggable_scoring_server"
 
 import argparse
 import importlib.metadata
@@ -40,10 +52,13 @@ def parse_args(argv):
     )
     p.add_argument("--model-uri", required=True, help="MLflow model URI (a path, runs:/, models:/, ...); downloaded.")
     p.add_argument("--plugin-file", required=True, metavar="FILE", help="The plugin's Python file (copied with the .py files beside it).")
-    p.add_argument("--plugin-class", default=DEFAULT_PLUGIN_CLASS, help="Plugin class in that file, as module.Class.")
+    p.add_argument("--plugin-class", "--plugin-full-class", default=DEFAULT_PLUGIN_CLASS,
+                   help="Plugin class in that file, as module.Class. (--plugin-full-class: its 2020 name.)")
     p.add_argument("--packages", default="", help="Extra pip packages the plugin needs, comma-separated; installed in the image.")
     p.add_argument("--docker-image", required=True, metavar="NAME", help="Name (and tag) of the image.")
-    p.add_argument("--context-dir", metavar="DIR", help="Where to write the build context (new or empty); default: a temporary folder.")
+    p.add_argument("--context-dir", "--tmp-model-dir", metavar="DIR",
+                   help="Where to write the build context, the model in it (new or empty); default: a temporary folder."
+                   " (--tmp-model-dir: its 2020 name.)")
     p.add_argument("--base-image", metavar="IMAGE", help="Base image with Python 3.11 and venv (default: the Dockerfile's, python:3.11-slim).")
     p.add_argument("--builder", choices=("auto", *BUILDERS, "none"), default="auto",
                    help="What builds the image: auto (docker, else podman, else buildah), one of them, or none (write the context only).")

@@ -126,6 +126,18 @@ def test_docker_build_subcommand_and_its_errors(tmp_path, sample_models):
     assert no_model.returncode == 2 and "does not resolve" in no_model.stderr
 
 
+def test_the_2020_command_line_writes_the_context(tmp_path, sample_models):
+    """As the 2020 README ran it: the script's path, --plugin-full-class and --tmp-model-dir."""
+    context = tmp_path / "tmp"
+    proc = subprocess.run([sys.executable, "mlflow_pluggable_scoring_server/docker_build.py", "--plugin-file",
+                           "plugin_samples/sklearn_wine/plugin.py", "--plugin-full-class", "plugin.Plugin", "--model-uri",
+                           "plugin_samples/sklearn_wine/model", "--docker-image", "wine", "--tmp-model-dir", str(context),
+                           "--builder", "none"], capture_output=True, text=True, cwd=ROOT, timeout=SLOW)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert (context / "Dockerfile").exists() and (context / "model" / "MLmodel").exists()
+    assert yaml.safe_load((context / "conf.yaml").read_text())["plugin_class"] == "plugin.Plugin"
+
+
 def apt_install(packages):
     """Install Debian packages; None when done, else why not."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
