@@ -203,6 +203,9 @@ def load_plugin(spec, class_name=DEFAULT_PLUGIN_CLASS, options=None):
     ``options`` (a mapping) are passed to the plugin class as keyword arguments.
     Raises :class:`StartupError` with a one-line reason.
     """
+    from .compat import legacy_json_text
+
+    legacy_json_text()  # before any plugin code runs
     if is_plugin_file(spec):
         return load_file_plugin(os.fspath(spec), class_name, options)
     plugins = installed_plugins()

@@ -310,3 +310,13 @@ def test_health_answers_while_a_slow_model_predicts(start_server):
             future.result()
     print(f"liveness answered in {max(waits) * 1000:.0f} ms at most beside 0.5 s predictions")
     assert max(waits) < 0.3, waits
+
+
+def test_a_2020_plugin_is_served_unchanged(start_server):
+    """tests/plugins/legacy_wine.py calls pd.read_json on the decoded body, as the 2020 samples did: with
+    pandas 3 too, each worker answers what the sample plugin answers."""
+    server = start_server("--plugin-file", TEST_PLUGINS / "legacy_wine.py", "--model-uri", WINE / "model",
+                          "--workers", "2").wait_workers_ready(2)
+    answers = [server.predict(BODY) for _ in range(6)]
+    assert all(r.status_code == 200 for r in answers), answers[0].text
+    assert all(r.json() == pytest.approx([5.89, 5.92, 5.95], abs=0.005) for r in answers)
