@@ -9,6 +9,8 @@ import csv
 import io
 import json
 
+from werkzeug.http import parse_list_header, parse_options_header
+
 from .errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 
 JSON = "application/json"
@@ -16,13 +18,11 @@ IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff")  # PNG, JPEG: images sent as octet-s
 
 
 def parse_media_type(header):
-    """Split ``"Text/CSV; charset=UTF-8"`` into ``("text/csv", {"charset": "UTF-8"})``."""
-    media_type, _, rest = (header or "").partition(";")
-    params = {}
-    for param in rest.split(";"):
-        key, sep, value = param.partition("=")
-        if sep:
-            params[key.strip().lower()] = value.strip().strip('"')
+    """Split ``"Text/CSV; charset=UTF-8"`` into ``("text/csv", {"charset": "UTF-8"})``.
+
+    werkzeug's parser: a quoted parameter value may hold ``;`` or ``,``.
+    """
+    media_type, params = parse_options_header(header or "")
     return media_type.strip().lower(), params
 
 
@@ -48,7 +48,7 @@ def check_content_type(header, accepted):
 def parse_accept(header):
     """Media ranges of an Accept header as ``(range, q)``, best first; ``*/*`` when absent."""
     ranges = []
-    for position, item in enumerate((header or "*/*").split(",")):
+    for position, item in enumerate(parse_list_header(header or "*/*")):  # commas in quotes stay
         media_range, params = parse_media_type(item)
         if not media_range:
             continue

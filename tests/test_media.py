@@ -94,3 +94,11 @@ def test_non_tabular_result_cannot_be_csv():
 
 def test_bytes_pass_through_untouched():
     assert encode(b"\x89PNG...", "image/png") == b"\x89PNG..."
+
+
+def test_quoted_parameters_may_hold_separators():
+    """werkzeug's parsers: a quoted value keeps its ";" and ",", and the parameters after it are still read."""
+    media_type, params = check_content_type('application/json; profile="a;b"; charset=utf-8', ["application/json"])
+    assert (media_type, params) == ("application/json", {"profile": "a;b", "charset": "utf-8"})
+    assert negotiate('text/html; x="a, text/csv", application/json;q=0.5', OFFERED) == "application/json"
+    assert parse_accept('text/csv; x="1,2";q=0.2, */*;q=0.1')[0] == ("text/csv", 0.2)
