@@ -218,3 +218,15 @@ def test_invocations_runs_a_file_plugin_like_predict(wine_server, request_body, 
     invocations = wine_server.predict(request_body, content_type, accept, path="/invocations")
     assert (invocations.status_code, invocations.headers["Content-Type"], invocations.content) == (
         predict.status_code, predict.headers["Content-Type"], predict.content)
+
+
+@pytest.mark.parametrize("value", ["a b c d e f", "1.2.3", "~!@#$%", "x", "zz top"])
+@pytest.mark.parametrize("form", ["json", "csv"])
+def test_no_value_of_the_request_comes_back(pyfunc_server, value, form):
+    """Values made of one-letter words or punctuation are withheld too, not only word-like ones."""
+    if form == "json":
+        r = pyfunc_server.predict(body({"dataframe_split": with_cell(value).to_dict(orient="split")}), path="/invocations")
+    else:
+        r = pyfunc_server.predict(csv(with_cell(value)), content_type="text/csv", path="/invocations")
+    assert r.status_code == 400 and set(r.json()) == {"error_code", "message"}
+    assert value not in r.text

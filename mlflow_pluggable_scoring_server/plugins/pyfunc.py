@@ -7,6 +7,7 @@ are MLflow's: ``{"predictions": ...}``, byte for byte. Errors keep MLflow's stat
 error code, but their message never quotes the request and carries no stack trace.
 """
 
+import json
 import logging
 import re
 from typing import NamedTuple
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 _ECHOES = ((re.compile(r"\nInput: .*", re.S), ""), (re.compile(r"of data '.*' with schema '", re.S), "of the input with schema '"))
 # Anything else (values, column names quoted in an inner error) is caught token by token.
 _TOKEN = re.compile(r"\w{2,}")
+_QUOTE = re.compile(r"['\"]")
 # The protocol's own keys: a message naming them does not quote the request.
 _PROTOCOL = frozenset({"dataframe_split", "dataframe_records", "instances", "inputs", "params", "columns", "data", "index"})
 
@@ -94,9 +96,31 @@ def safe_message(error, body, names=frozenset()):
     allowed = _PROTOCOL | {token for name in names for token in _TOKEN.findall(name)}
     suspects = {m.group(): m.start() for m in reversed(list(_TOKEN.finditer(message))) if m.group() not in allowed}
     echoed = _first_in(body, suspects)
-    if echoed is None:
+    cuts = [suspects[echoed]] if echoed is not None else []
+    quoted = _first_quoted_value(message, body.decode("utf-8", "replace"), names | _PROTOCOL)
+    cuts += [quoted] if quoted is not None else []
+    if not cuts:
         return message
-    return message[:suspects[echoed]].rstrip(" :[({'\"") + " (the rest quotes the request and is withheld)"
+    return message[:min(cuts)].rstrip(" :[({'\"") + " (the rest quotes the request and is withheld)"
+
+
+def _first_quoted_value(message, body_text, names):
+    """Where ``message`` first quotes a value of the body (``'a b c'``, ``'1.2.3'``, ``'~!@#$%'``: values
+    the word tokens above miss), or None. A name of the model's inputs or of the protocol is no value."""
+    fields = None
+    for quote in _QUOTE.finditer(message):
+        end = message.find(quote.group(), quote.end())
+        if end < 0:
+            continue
+        content = message[quote.end():end]
+        if not content.strip(" ,:;[](){}") or content in names:
+            continue
+        if json.dumps(content) in body_text or (len(content.strip()) >= 3 and content in body_text):
+            return quote.start()
+        fields = fields if fields is not None else {f.strip() for f in re.split(r"[,\r\n]", body_text)}
+        if content.strip() in fields:  # a CSV field, however short
+            return quote.start()
+    return None
 
 
 def _first_in(body, tokens):
