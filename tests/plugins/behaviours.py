@@ -113,7 +113,7 @@ class ImportPid(WinePlugin):
 
 
 class StaggeredLoad(WinePlugin):
-    """The first worker to load its model does so at once; the others (and replacements) take 5 s.
+    """The first worker to load its model does so at once; the others (and replacements) take 3 s.
 
     ``marker``: a file that the first one creates.
     """
@@ -128,5 +128,5 @@ class StaggeredLoad(WinePlugin):
         try:
             os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
-            time.sleep(5)
+            time.sleep(3)
         return super().load_model(model_uri)
