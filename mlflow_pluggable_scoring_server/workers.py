@@ -41,6 +41,7 @@ from .errors import ReadTimeout, ScoringError
 
 PR_SET_PDEATHSIG = 1
 LINGER_SECONDS = 2.0  # gunicorn's own wait for a client to close after its last answer
+SHUTDOWN_LINGER_SECONDS = 0.5  # the same wait for answers sent after SIGTERM
 INLINE_MAX_SECONDS = 0.02  # predictions are answered on the main thread while they take less (moving average)
 PEEK_BYTES = 65536
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
@@ -226,21 +227,22 @@ class ScoringWorker(ThreadWorker):
             keep = False
         if keep and self.alive:
             return super().finish_request(conn, fs)
-        self.nr_conns -= 1
         self.linger(conn.sock)
 
     def linger(self, sock):
         """Close ``sock`` after the client has read the answer: send FIN now, close when the client
-        closes or LINGER_SECONDS later (closing with unread data would reset the answer)."""
+        closes or LINGER_SECONDS later (closing with unread data would reset the answer). The
+        connection counts until then, so that a worker shutting down waits for it."""
         sock = getattr(sock, "raw", sock)  # no read deadline any more
         try:
             sock.setblocking(False)
             sock.shutdown(socket.SHUT_WR)
             self.poller.register(sock, selectors.EVENT_READ, self.on_lingering_readable)
         except (OSError, ValueError, KeyError):
+            self.nr_conns -= 1
             util.close(sock)
             return
-        self.lingering[sock] = time.monotonic() + LINGER_SECONDS
+        self.lingering[sock] = time.monotonic() + (LINGER_SECONDS if self.alive else SHUTDOWN_LINGER_SECONDS)
 
     def on_lingering_readable(self, sock):
         try:
@@ -253,7 +255,8 @@ class ScoringWorker(ThreadWorker):
         self.close_lingering(sock)
 
     def close_lingering(self, sock):
-        self.lingering.pop(sock, None)
+        if self.lingering.pop(sock, None) is not None:
+            self.nr_conns -= 1
         try:
             self.poller.unregister(sock)
         except (OSError, KeyError, ValueError):
@@ -288,8 +291,9 @@ class ScoringWorker(ThreadWorker):
 
     def wait_for_and_dispatch_events(self, timeout):
         # gunicorn's shutdown waits here for the whole graceful_timeout when nothing happens, and
-        # only then closes the keep-alive connections that expired long before: check each second.
-        super().wait_for_and_dispatch_events(min(timeout, 1.0))
+        # only then closes the keep-alive connections that expired long before: check each second
+        # (a tenth of one once shutting down).
+        super().wait_for_and_dispatch_events(min(timeout, 1.0 if self.alive else 0.1))
 
     def handle(self, conn):
         if not isinstance(conn.sock, DeadlineSocket):
