@@ -28,8 +28,7 @@ def prepare():
 
 def cleanup_orphaned():
     """In a worker whose master died: remove the samples directory the master made, as it would have."""
-    if _owned:
-        shutil.rmtree(_owned, ignore_errors=True)
+    cleanup(_owned, _owned is not None)
 
 
 def worker_exit(pid):

@@ -122,9 +122,7 @@ def load_app(settings, token):
     try:
         plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
     except StartupError as e:
-        logger.error("error: %s", e)
-        logging.shutdown()
-        os._exit(WORKER_BOOT_ERROR)
+        stop_worker(f"error: {e}")
     app, scorer = build_app(settings, plugin, token)
     threading.Thread(target=load_model, args=(scorer, settings), name="load-model", daemon=True).start()
     return app
@@ -149,13 +147,18 @@ def load_model(scorer, settings):
         scorer.load(settings.model_uri)
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        logger.error("error: plugin %s cannot load model '%s': %s: %s",
-                     type(scorer.plugin).__name__, settings.model_uri, type(e).__name__, reason)
         logger.debug("load_model traceback", exc_info=True)
-        logging.shutdown()
-        os._exit(WORKER_BOOT_ERROR)  # from a thread: sys.exit would end only the thread
+        stop_worker(f"error: plugin {type(scorer.plugin).__name__} cannot load model '{settings.model_uri}': "
+                    f"{type(e).__name__}: {reason}")
     logger.info("ready: %s serves %s on http://%s:%s", type(scorer.plugin).__name__, settings.model_uri,
                 settings.host, settings.port)
+
+
+def stop_worker(line):
+    """Log ``line`` and end this worker with the status that makes gunicorn halt the whole server."""
+    logger.error("%s", line)
+    logging.shutdown()
+    os._exit(WORKER_BOOT_ERROR)  # also from a thread: sys.exit would end only the thread
 
 
 def main(argv=None):
