@@ -8,7 +8,6 @@ decoded: a request alone is scored at once, not after the wait. A batch that fai
 again one input at a time, so that only the requests whose input fails get an error.
 """
 
-import dataclasses
 import logging
 import threading
 import time
@@ -35,7 +34,7 @@ def batch_settings(settings, plugin):
     if size > 1 and not is_batchable(plugin):
         raise StartupError(f"max_batch_size is {size} but plugin {type(plugin).__name__} cannot batch:"
                            " it must subclass BatchPlugin (preprocess and inference)")
-    return dataclasses.replace(settings, max_batch_size=size, max_batch_time_ms=wait)
+    return settings.model_copy(update={"max_batch_size": size, "max_batch_time_ms": wait})
 
 
 class Batcher:

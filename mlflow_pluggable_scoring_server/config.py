@@ -1,13 +1,18 @@
-"""Settings: one typed object, from defaults, then the conf file, then the command line.
+"""Settings: one typed object (pydantic) from defaults, the conf file, environment variables and flags.
 
-Every field is documented here; ``--help`` and the README's reference table come
-from these docs.
+Each field is declared once, with its type, bounds and doc. The conf file's keys, the
+``MLFLOW_PSS_*`` environment variables, the command line's flags and ``--help``, the
+deployments target's help and the README's reference table all come from these fields, so
+they cannot drift apart. A bad value stops start-up with one line naming the key.
 """
 
 import argparse
-import dataclasses
-import logging
-from dataclasses import dataclass, field
+import os
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from typing_extensions import Annotated
 
 from .envs import ENV_MANAGERS, default_env_manager
 from .errors import StartupError
@@ -15,68 +20,109 @@ from .plugin import DEFAULT_PLUGIN, DEFAULT_PLUGIN_CLASS
 
 DEFAULT_LOG_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
 AUTH_TOKEN_ENV = "MLFLOW_PSS_AUTH_TOKEN"
+ENV_PREFIX = "MLFLOW_PSS_"
 ENDPOINT_GROUPS = ("health", "metrics", "docs")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _doc(text, **kwargs):
-    return field(metadata={"doc": text}, **kwargs)
+def _not_bool(value):
+    if isinstance(value, bool):  # YAML's true is not a number of workers
+        raise ValueError("Input should be a number, not true or false")
+    return value
 
 
-@dataclass
-class Settings:
-    host: str = _doc("Address to listen on; 0.0.0.0 to accept other machines.", default="127.0.0.1")
-    port: int = _doc("Port to listen on.", default=5005)
-    plugin: str = _doc(
-        "The plugin: the path of its Python file, or the name of an installed plugin"
-        f" (built in: pyfunc, image). Default: {DEFAULT_PLUGIN}, any MLflow model as `mlflow models serve` serves it.",
-        default=DEFAULT_PLUGIN,
+def _comma_list(value):
+    """A list may be written ``a,b`` (a flag, an environment variable) as well as a YAML list."""
+    return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_not_bool)]
+CommaList = BeforeValidator(_comma_list)
+
+
+def setting(default, doc, *, shown=None, flag=True, **constraints):
+    """A field: its default, its doc (Markdown: the README shows it, ``--help`` shows it as text),
+    how the README shows its default when not as is (``shown``), and whether it has a flag."""
+    factory = default if callable(default) else None
+    value = {} if factory else {"default": default}
+    return Field(**value, default_factory=factory, description=doc, json_schema_extra={"shown": shown, "flag": flag},
+                 **constraints)
+
+
+class LoggingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    level: str = "INFO"
+    format: str = DEFAULT_LOG_FORMAT
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value):
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"should be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = setting("127.0.0.1", "Address to listen on; `0.0.0.0` to accept other machines.")
+    port: Int = setting(5005, "Port to listen on.", ge=1, le=65535)
+    plugin: str = setting(
+        DEFAULT_PLUGIN,
+        "The plugin: the path of its Python file (`--plugin-file`), or the name of an installed plugin (`--plugin`):"
+        " `pyfunc` (any MLflow model, as `mlflow models serve` serves it, see [Coming from MLflow](#coming-from-mlflow)),"
+        " `image` (see [Built-in plugins](#built-in-plugins)) or [one from a package](#plugins-in-a-package).",
+        min_length=1,
     )
-    plugin_class: str = _doc("Plugin class in the plugin file, as module.Class.", default=DEFAULT_PLUGIN_CLASS)
-    plugin_options: dict = _doc("Options passed to the plugin class as keyword arguments.", default_factory=dict)
-    model_uri: str = _doc("MLflow model URI: a path, file:, runs:/, models:/name/version|stage, models:/name@alias.", default=None)
-    packages: list = _doc("Extra pip packages the plugin needs, installed before start-up.", default_factory=list)
-    env_manager: str = _doc(
-        "Where packages go: uv or virtualenv build a cached environment and run the server in it;"
-        " local installs them into the server's own environment. Default: uv when there is one.",
-        default_factory=default_env_manager,
-    )
-    install_model_requirements: bool = _doc(
-        "Also install the requirements.txt that MLflow saved with the model, with the packages.",
-        default=False,
-    )
-    workers: int = _doc("Worker processes; each loads its own copy of the model.", default=1)
-    max_request_bytes: int = _doc("Largest request body accepted; larger ones get 413.", default=16 * 1024 * 1024)
-    max_image_pixels: int = _doc("Largest image (width x height) a plugin may decode; larger ones get 400.", default=25_000_000)
-    request_timeout: float = _doc("Seconds a prediction may take; slower ones get 504.", default=60.0)
-    read_timeout: float = _doc(
-        "Seconds a client has to send its whole request (head and body) from its first byte;"
-        " a slower one gets 408 and its connection is closed.",
-        default=30.0,
-    )
-    max_batch_size: int = _doc(
-        "Most requests merged into one model call, for a plugin that can batch (BatchPlugin);"
-        " 1: no batching. Default: the plugin's max_batch_size, else 1.",
-        default=None,
-    )
-    max_batch_time_ms: float = _doc(
-        "Milliseconds the first request of a batch waits at most for others to join it"
-        " (only while other requests are being decoded)."
-        " Default: the plugin's max_batch_time_ms, else 2.",
-        default=None,
-    )
-    graceful_timeout: float = _doc("Seconds to finish requests in flight after SIGTERM.", default=30.0)
-    auth_token_file: str = _doc(
-        f"File holding the bearer token callers must send (or set {AUTH_TOKEN_ENV}); none: no auth.", default=None
-    )
-    public_endpoints: list = _doc(
-        "Endpoint groups open without a token when auth is on: health, metrics, docs.", default_factory=lambda: ["health"]
-    )
-    logging: dict = _doc("Logging 'level' (DEBUG, INFO, ...) and 'format' (Python logging format).", default_factory=dict)
+    plugin_class: str = setting(DEFAULT_PLUGIN_CLASS, "Plugin class in the plugin file, as `module.Class` (only `Class` is looked up).",
+                                min_length=1)
+    plugin_options: dict[str, Any] = setting(
+        dict, "Passed to the plugin class as keyword arguments: a mapping in the file; `KEY=VALUE` on the command line,"
+        " repeatable, VALUE read as YAML (`28`, `[28, 28]`, `RGB`).")
+    model_uri: Optional[str] = setting(None, "MLflow model URI (see [Model URIs](#model-uris)).", min_length=1)
+    packages: Annotated[list[str], CommaList] = setting(
+        list, "Extra pip packages the plugin needs (comma-separated, or a YAML list in the file);"
+        " see [Plugin packages and environments](#plugin-packages-and-environments).")
+    env_manager: Literal[ENV_MANAGERS] = setting(
+        default_env_manager, "Where the packages go: `uv` or `virtualenv` create a cached environment and run the server"
+        " in it; `local` installs them into the server's own environment.", shown="`uv` if there is one, else `virtualenv`")
+    install_model_requirements: bool = setting(
+        False, "Also install the model's `requirements.txt` (saved by MLflow with the model).")
+    workers: Int = setting(1, "gunicorn worker processes; each loads its own copy of the model.", ge=1)
+    max_request_bytes: Int = setting(16 * 1024 * 1024, "Largest request body; larger ones get 413, chunked bodies included.", ge=1)
+    max_image_pixels: Int = setting(25_000_000, "Largest image (width x height) a plugin may decode; larger ones get 400.", ge=1)
+    request_timeout: Number = setting(60, "Seconds a prediction may take; slower ones get 504.", gt=0)
+    read_timeout: Number = setting(
+        30, "Seconds a client has to send its whole request (head and body) from its first byte; a slower one gets 408"
+        " and its connection is closed. See [Reliability](#reliability).", gt=0)
+    max_batch_size: Optional[Int] = setting(
+        None, "Most requests merged into one model call, for a plugin that can batch; `1`: no batching."
+        " See [Batching](#batching).", shown="the plugin's, else `1`", ge=1)
+    max_batch_time_ms: Optional[Number] = setting(
+        None, "Milliseconds the first request of a batch waits at most for others to join it (only while other requests"
+        " are being decoded).", shown="the plugin's, else `2`", ge=0, le=60_000)
+    graceful_timeout: Number = setting(30, "Seconds to finish the requests in flight after SIGTERM.", gt=0)
+    auth_token_file: Optional[str] = setting(
+        None, f"File holding the bearer token callers must send (or set `{AUTH_TOKEN_ENV}`); none: no auth.")
+    public_endpoints: Annotated[list[Literal[ENDPOINT_GROUPS]], CommaList] = setting(
+        lambda: ["health"], "With auth on, the endpoint groups open without a token: `health`, `metrics`, `docs`.",
+        shown="`[health]`")
+    logging: LoggingSettings = setting(
+        LoggingSettings, "`level` and `format` (Python `logging` format) for the server's and gunicorn's logs."
+        " At `DEBUG`, every request is logged too.", shown="`INFO`", flag=False)
+
+    @field_validator("plugin_options")
+    @classmethod
+    def _option_names(cls, value):
+        bad = [k for k in value if not k.isidentifier()]
+        if bad:
+            raise ValueError("option names must be Python identifiers")
+        return value
 
     def auth_token(self):
         """The bearer token from AUTH_TOKEN_ENV or auth_token_file, or None when auth is off."""
-        import os
-
         token = os.environ.get(AUTH_TOKEN_ENV)
         if not token and self.auth_token_file:
             try:
@@ -88,21 +134,69 @@ class Settings:
                 raise StartupError(f"auth_token_file '{self.auth_token_file}' is empty")
         return token or None
 
+    def as_yaml(self):
+        """The settings as a conf file that gives them."""
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
     @property
     def log_level(self):
-        return str(self.logging.get("level", "INFO")).upper()
+        return self.logging.level
 
     @property
     def log_format(self):
-        return self.logging.get("format", DEFAULT_LOG_FORMAT)
+        return self.logging.format
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+FIELDS = Settings.model_fields
+TEXT_FIELDS = {name for name, f in FIELDS.items() if f.annotation in (str, Optional[str])}
+LIST_FIELDS = {name for name, f in FIELDS.items() if getattr(f.annotation, "__origin__", None) is list}
+
+
+def env_var(name):
+    """The environment variable of setting ``name``: ``MLFLOW_PSS_PORT`` for ``port``."""
+    return ENV_PREFIX + name.upper()
+
+
+def plain(doc):
+    """A Markdown doc as plain text: link texts without their targets, no backticks."""
+    return re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", doc).replace("`", "")
+
+
+def default_text(name):
+    """How a setting's default is shown (Markdown), or '' when it has none."""
+    f = FIELDS[name]
+    if f.json_schema_extra["shown"]:
+        return f.json_schema_extra["shown"]
+    default = f.get_default(call_default_factory=True)
+    if default is None:
+        return ""
+    return f"`{str(default).lower() if isinstance(default, bool) else default}`"
+
+
+def describe(name):
+    """A setting's doc and default, as plain text."""
+    default = default_text(name)
+    return plain(FIELDS[name].description) + (f" Default: {plain(default)}." if default else "")
 
 
 def flag_help(name):
-    """A flag's help: its field's doc and its conf key."""
-    return f"{FIELDS[name].metadata['doc']} [conf: {name}]"
+    """A flag's help: :func:`describe`, then its conf key and environment variable."""
+    return f"{describe(name)} [conf: {name}; env: {env_var(name)}]"
+
+
+def parse_text(name, text):
+    """A setting's value written as text (an environment variable, a deployment's ``-C``): text fields and
+    comma lists as they are, anything else read as YAML. Raises StartupError when it is not YAML."""
+    import yaml
+
+    if name in TEXT_FIELDS or name in LIST_FIELDS and not text.lstrip().startswith("["):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise StartupError(f"{name}: the value is not valid YAML") from None
 
 
 def plugin_option(text):
@@ -121,11 +215,38 @@ def plugin_option(text):
 def add_plugin_flags(parser):
     """The flags choosing the plugin, for every command that loads one."""
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--plugin-file", dest="plugin", metavar="FILE", help="Path of the plugin's Python file. [conf: plugin]")
-    which.add_argument("--plugin", dest="plugin", metavar="NAME", help=flag_help("plugin"))
+    which.add_argument("--plugin-file", dest="plugin", metavar="FILE", help="Path of the plugin's Python file. " + flag_help("plugin"))
+    which.add_argument("--plugin", dest="plugin", metavar="NAME", help="Name of an installed plugin. " + flag_help("plugin"))
     parser.add_argument("--plugin-class", help=flag_help("plugin_class"))
     parser.add_argument("--plugin-option", dest="plugin_options", metavar="KEY=VALUE", action="append", type=plugin_option,
-                        help=flag_help("plugin_options") + " Repeat for several; VALUE is read as YAML (28, [28, 28], true, text).")
+                        help=flag_help("plugin_options"))
+
+
+def add_setting_flags(parser):
+    """``--conf`` and a flag for every setting that has one, values left as text for :func:`build_settings`."""
+    parser.add_argument("--conf", metavar="FILE", help="YAML conf file with any of the keys below.")
+    for name, f in FIELDS.items():
+        if name.startswith("plugin"):
+            if name == "plugin":
+                add_plugin_flags(parser)
+        elif f.annotation is bool:
+            parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=None, help=flag_help(name))
+        elif f.json_schema_extra["flag"]:
+            parser.add_argument(f"--{name.replace('_', '-')}", metavar=name.split("_")[-1].upper(), help=flag_help(name))
+
+
+def reference_table(parser):
+    """The README's table of settings (Markdown), from ``parser``'s flags and the fields."""
+    flags = {}
+    for action in parser._actions:
+        if action.dest in FIELDS:
+            flags.setdefault(action.dest, []).extend(action.option_strings)
+    rows = ["| Flag | Conf key | Default | Meaning |", "|---|---|---|---|",
+            "| `--conf` | | | YAML conf file with any of the keys below. |"]
+    for name, f in FIELDS.items():
+        shown = ", ".join(f"`{flag}`" for flag in flags.get(name, []))
+        rows.append(f"| {shown} | `{name}` | {default_text(name)} | {f.description} |")
+    return "\n".join(rows)
 
 
 def read_conf_file(path):
@@ -145,61 +266,47 @@ def read_conf_file(path):
         return {}
     if not isinstance(conf, dict):
         raise StartupError(f"conf file '{path}' must be a mapping of keys to values")
-    unknown = sorted(set(conf) - set(FIELDS))
+    unknown = sorted(set(map(str, conf)) - set(FIELDS))
     if unknown:
         raise StartupError(f"conf file '{path}': unknown key(s) {', '.join(unknown)}; known keys: {', '.join(FIELDS)}")
     return conf
 
 
+def environment_settings(environ=None):
+    """The settings given by ``MLFLOW_PSS_*`` environment variables, read as :func:`parse_text` reads text."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name in FIELDS:
+        if env_var(name) in environ:
+            try:
+                values[name] = parse_text(name, environ[env_var(name)])
+            except StartupError as e:
+                raise StartupError(f"environment variable {env_var(name)}: {e}") from None
+    return values
+
+
 def build_settings(conf_path=None, **overrides):
-    """Settings from the conf file (if any) with the non-None ``overrides`` (flags) on top."""
-    values = read_conf_file(conf_path) if conf_path else {}
-    options = overrides.pop("plugin_options", None)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    base = values.get("plugin_options") or {}
-    if options and isinstance(base, dict):  # flags override the file's options one by one
-        values["plugin_options"] = {**base, **dict(options)}
-    for name in ("packages", "public_endpoints"):
-        if isinstance(values.get(name), str):
-            values[name] = [p.strip() for p in values[name].split(",") if p.strip()]
-    settings = Settings(**values)
-    _validate(settings)
+    """Settings from the defaults, the conf file (if any), the environment, then the non-None ``overrides`` (flags).
+
+    Raises StartupError with one line naming the first bad key and where its value came from.
+    """
+    values, origin = {}, {}
+    layers = [(read_conf_file(conf_path) if conf_path else {}, f"conf file '{conf_path}'"),
+              (environment_settings(), "environment variable {env}"),
+              ({k: v for k, v in overrides.items() if v is not None and k != "plugin_options"}, None)]
+    for layer, where in layers:
+        values.update(layer)
+        origin.update({key: where.format(env=env_var(key)) if where else None for key in layer})
+    options = overrides.get("plugin_options")
+    if options and isinstance(values.get("plugin_options", {}), dict):  # flags override the file's options one by one
+        values["plugin_options"] = {**values.get("plugin_options", {}), **dict(options)}
+    try:
+        settings = Settings(**values)
+    except ValidationError as e:
+        error = e.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        where = origin.get(error["loc"][0])
+        raise StartupError(f"{key}{f' (from {where})' if where else ''}: {error['msg'].rstrip('.')}") from None
+    if not settings.model_uri:
+        raise StartupError("no model: give --model-uri or 'model_uri' in the conf file")
     return settings
-
-
-def _validate(s):
-    def fail(message):
-        raise StartupError(message)
-
-    for name, kind in (("port", int), ("workers", int), ("max_request_bytes", int), ("max_image_pixels", int),
-                       ("request_timeout", (int, float)), ("read_timeout", (int, float)),
-                       ("graceful_timeout", (int, float))):
-        if not isinstance(getattr(s, name), kind) or isinstance(getattr(s, name), bool):
-            fail(f"{name} must be a number, not {getattr(s, name)!r}")
-    for name in ("max_image_pixels", "request_timeout", "read_timeout", "graceful_timeout"):
-        if getattr(s, name) <= 0:
-            fail(f"{name} must be positive, not {getattr(s, name)}")
-    if not isinstance(s.public_endpoints, list) or not set(s.public_endpoints) <= set(ENDPOINT_GROUPS):
-        fail(f"public_endpoints must be a list of: {', '.join(ENDPOINT_GROUPS)}")
-    if not 0 < s.port < 65536:
-        fail(f"port must be between 1 and 65535, not {s.port}")
-    if s.workers < 1:
-        fail(f"workers must be at least 1, not {s.workers}")
-    if s.max_request_bytes < 1:
-        fail(f"max_request_bytes must be positive, not {s.max_request_bytes}")
-    if not isinstance(s.packages, list) or not all(isinstance(p, str) for p in s.packages):
-        fail("packages must be a list of pip requirement strings")
-    if s.env_manager not in ENV_MANAGERS:
-        fail(f"env_manager must be one of {', '.join(ENV_MANAGERS)}, not {s.env_manager!r}")
-    if not isinstance(s.install_model_requirements, bool):
-        fail(f"install_model_requirements must be true or false, not {s.install_model_requirements!r}")
-    if not isinstance(s.logging, dict):
-        fail("logging must be a mapping with 'level' and 'format'")
-    if not isinstance(logging.getLevelName(s.log_level), int):
-        fail(f"logging level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not {s.log_level!r}")
-    if not isinstance(s.plugin, str) or not s.plugin:
-        fail("plugin must be the path of a plugin file or the name of an installed plugin")
-    if not isinstance(s.plugin_options, dict) or not all(isinstance(k, str) and k.isidentifier() for k in s.plugin_options):
-        fail("plugin_options must be a mapping of option names to values")
-    if not s.model_uri:
-        fail("no model: give --model-uri or 'model_uri' in the conf file")

@@ -30,7 +30,7 @@ from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST
 
-from .config import FIELDS, Settings, build_settings
+from .config import FIELDS, Settings, build_settings, describe, parse_text
 from .errors import StartupError
 from .models import check_model_uri, local_path
 from .plugin import is_plugin_file
@@ -80,18 +80,11 @@ def target_help():
         "its -C keys into the deployment's. Without 'port' a free port is allocated and recorded.",
         "",
     ]
-    keys = {name: f"{FIELDS[name].metadata['doc']}{_default(FIELDS[name])}" for name in SERVER_KEYS}
+    keys = {name: describe(name) if name != "port" else f"{describe(name).split(' Default:')[0]} Default: a free port."
+            for name in SERVER_KEYS}
     keys.update(DEPLOYMENT_KEYS)
     lines += [f"  {key:<28}{doc}" for key, doc in keys.items()]
     return "\n".join(lines)
-
-
-def _default(field):
-    if field.name == "port":
-        return " Default: a free port."
-    if field.default is not dataclasses.MISSING:
-        return "" if field.default is None or "Default:" in field.metadata["doc"] else f" Default: {field.default}."
-    return "" if "Default:" in field.metadata["doc"] else f" Default: {field.default_factory()}."
 
 
 def run_local(name, model_uri, flavor=None, config=None):
@@ -219,10 +212,7 @@ def _parse_config(config):
         if key.startswith("option.") and name.isidentifier():
             options[name] = _yaml_value(key, value)
         elif key in SERVER_KEYS:
-            kind = FIELDS[key].type
-            # A list may be comma-separated (split by build_settings) or YAML.
-            as_text = kind is str or kind is list and isinstance(value, str) and not value.lstrip().startswith("[")
-            parsed[key] = value if as_text else _yaml_value(key, value)
+            parsed[key] = _yaml_value(key, value)
         elif key in DEPLOYMENT_KEYS:
             parsed[key] = value if key == "conf" else _yaml_value(key, value)
         else:
@@ -239,13 +229,12 @@ def _parse_config(config):
 
 
 def _yaml_value(key, value):
-    import yaml
-
+    """A ``-C`` value as the server reads an environment variable's: text for text keys, else YAML."""
     if not isinstance(value, str):
         return value
     try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
+        return parse_text(key, value)
+    except StartupError:
         raise DeploymentError(f"config key '{key}': {value!r} is not valid YAML") from None
 
 
@@ -317,10 +306,8 @@ def _url(host, port):
 
 
 def _write_conf(path, settings):
-    import yaml
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dataclasses.asdict(settings), sort_keys=False))
+    path.write_text(settings.as_yaml())
 
 
 def _start(name, model_uri, config, cwd, created=None):

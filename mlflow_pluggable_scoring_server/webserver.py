@@ -9,7 +9,6 @@ Runtime and Spark are not fork-safe, and a plugin's import-time state is the wor
 """
 
 import argparse
-import dataclasses
 import json
 import logging
 import logging.config
@@ -20,8 +19,8 @@ import threading
 
 from . import __version__
 from .batching import batch_settings
-from .config import add_plugin_flags, build_settings, flag_help
-from .envs import ENV_MANAGERS, prepare_environment
+from .config import add_setting_flags, build_settings
+from .envs import prepare_environment
 from .errors import StartupError
 from .models import check_model_uri
 from .plugin import load_plugin
@@ -32,33 +31,30 @@ WORKER_BOOT_ERROR = 3  # gunicorn halts the whole server when a worker exits wit
 READER_THREADS = 32  # per worker: requests read at once
 
 
-def parse_args(argv=None):
+def argument_parser():
+    """``serve``'s command line: a flag for every setting (see config.py)."""
     p = argparse.ArgumentParser(
         prog="mlflow-pluggable-scoring-server",
-        description="Serve an MLflow model through a plugin. Flags override the conf file.",
+        description="Serve an MLflow model through a plugin. Flags override environment variables (MLFLOW_PSS_<KEY>),"
+                    " which override the conf file.",
         epilog="Other commands: `mlflow-pluggable-scoring-server commands` lists them.",
         allow_abbrev=False,  # else `--auth-token SECRET` would be taken for --auth-token-file
     )
-    p.add_argument("--conf", help="YAML conf file with any of the keys below.")
-    p.add_argument("--host", help=flag_help("host"))
-    p.add_argument("--port", type=int, help=flag_help("port"))
-    add_plugin_flags(p)
-    p.add_argument("--model-uri", help=flag_help("model_uri"))
-    p.add_argument("--packages", help=flag_help("packages") + " Comma-separated.")
-    p.add_argument("--env-manager", choices=ENV_MANAGERS, help=flag_help("env_manager"))
-    p.add_argument("--install-model-requirements", action="store_true", default=None, help=flag_help("install_model_requirements"))
-    p.add_argument("--workers", type=int, help=flag_help("workers"))
-    p.add_argument("--max-request-bytes", type=int, help=flag_help("max_request_bytes"))
-    p.add_argument("--max-image-pixels", type=int, help=flag_help("max_image_pixels"))
-    p.add_argument("--request-timeout", type=float, help=flag_help("request_timeout"))
-    p.add_argument("--read-timeout", type=float, help=flag_help("read_timeout"))
-    p.add_argument("--max-batch-size", type=int, help=flag_help("max_batch_size"))
-    p.add_argument("--max-batch-time-ms", type=float, help=flag_help("max_batch_time_ms"))
-    p.add_argument("--graceful-timeout", type=float, help=flag_help("graceful_timeout"))
-    p.add_argument("--auth-token-file", metavar="FILE", help=flag_help("auth_token_file"))
-    p.add_argument("--public-endpoints", help=flag_help("public_endpoints") + " Comma-separated.")
+    add_setting_flags(p)
+    p.add_argument("--print-settings", action="store_true",
+                   help="Print the settings the conf file, environment and flags make, as a conf file, and exit.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return argument_parser().parse_args(argv)
+
+
+def args_settings(args):
+    """The settings that :func:`parse_args`'s ``args`` make with the conf file and the environment."""
+    args = {k: v for k, v in vars(args).items() if k != "print_settings"}
+    return build_settings(args.pop("conf"), **args)
 
 
 def logging_config(settings):
@@ -163,9 +159,12 @@ def stop_worker(line):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = vars(parse_args(argv))
+    args = parse_args(argv)
     try:
-        settings = build_settings(args.pop("conf"), **args)
+        settings = args_settings(args)
+        if args.print_settings:
+            print(settings.as_yaml(), end="")
+            return 0
         logging.config.dictConfig(logging_config(settings))
         check_model_uri(settings.model_uri)
         prepare_environment(settings, argv)  # may re-execute this command in a created environment
@@ -209,7 +208,7 @@ def check_plugin(settings):
     if "error" in report:
         raise StartupError(report["error"].splitlines()[0] if report["error"] else "the plugin cannot be loaded")
     size, wait = report["batch"]
-    return dataclasses.replace(settings, max_batch_size=size, max_batch_time_ms=wait), report["plugin"]
+    return settings.model_copy(update={"max_batch_size": size, "max_batch_time_ms": wait}), report["plugin"]
 
 
 if __name__ == "__main__":

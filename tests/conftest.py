@@ -162,9 +162,8 @@ class App:
 
     def __init__(self, args, env=None, wait=True):
         from mlflow_pluggable_scoring_server.batching import batch_settings
-        from mlflow_pluggable_scoring_server.config import build_settings
         from mlflow_pluggable_scoring_server.plugin import load_plugin
-        from mlflow_pluggable_scoring_server.webserver import build_app, parse_args
+        from mlflow_pluggable_scoring_server.webserver import args_settings, build_app, parse_args
 
         self.env = env
         self._log = io.StringIO()
@@ -173,9 +172,8 @@ class App:
         logging.getLogger().addHandler(self._handler)
         if logging.getLogger().level > logging.INFO:
             logging.getLogger().setLevel(logging.INFO)
-        options = vars(parse_args([str(a) for a in args]))
         with environment(env):
-            settings = build_settings(options.pop("conf"), **options)
+            settings = args_settings(parse_args([str(a) for a in args]))
             plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
             self.settings = batch_settings(settings, plugin)
             self.app, self.scorer = build_app(self.settings, plugin, self.settings.auth_token())

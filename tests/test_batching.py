@@ -233,8 +233,8 @@ def test_sigterm_answers_every_batched_request_in_flight(sample_models, start_se
 @pytest.mark.parametrize("args, message", [
     (("--plugin-file", TEST_PLUGINS / "legacy_wine.py", "--max-batch-size", "4"),
      "max_batch_size is 4 but plugin Plugin cannot batch: it must subclass BatchPlugin"),
-    (("--conf", WINE / "conf.yaml", "--max-batch-size", "0"), "max_batch_size must be a whole number of at least 1"),
-    (("--conf", WINE / "conf.yaml", "--max-batch-time-ms", "-1"), "max_batch_time_ms must be a number of milliseconds"),
+    (("--conf", WINE / "conf.yaml", "--max-batch-size", "0"), "max_batch_size: Input should be greater than or equal to 1"),
+    (("--conf", WINE / "conf.yaml", "--max-batch-time-ms", "-1"), "max_batch_time_ms: Input should be greater than or equal to 0"),
 ])
 def test_batching_settings_are_checked_at_start_up(sample_models, args, message):
     assert_one_line_failure(serve_main(*args, "--model-uri", WINE / "model"), message)

@@ -7,6 +7,7 @@ a worker, the console script and the worker processes need real processes.
 import time
 
 import pytest
+import yaml
 
 from conftest import ROOT, TEST_PLUGINS, WINE, WINE_JSON, run_cli, serve_main
 
@@ -35,7 +36,7 @@ def assert_one_line_failure(proc, message):
          "cannot be used: TypeError"),
         (["--conf", "no/such/conf.yaml"], "cannot read conf file 'no/such/conf.yaml'"),
         (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", WINE / "model", "--workers", "0"],
-         "workers must be at least 1"),
+         "workers: Input should be greater than or equal to 1"),
         (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", WINE / "model", "--packages", "surely-no-such-package-xyz==0.0.1"],
          "installing surely-no-such-package-xyz==0.0.1 failed"),
     ],
@@ -55,14 +56,67 @@ def test_plugin_options_must_be_key_value():
         ("port: [5005\n", "is not valid YAML at line"),
         ("- a\n- b\n", "must be a mapping"),
         ("plugn: x.py\n", "unknown key(s) plugn"),
-        ("port: high\n", "port must be a number"),
-        ("logging: {level: LOUD}\nplugin: x\nmodel_uri: y\n", "logging level must be one of"),
+        ("port: high\n", "port (from conf file '{path}'): Input should be a valid integer"),
+        ("logging: {level: LOUD}\nplugin: x\nmodel_uri: y\n", "logging.level (from conf file '{path}'): Value error, should be one of DEBUG"),
+        # Values of the wrong type or out of bounds, each named with where it came from.
+        ("model_uri: 5\n", "model_uri (from conf file '{path}'): Input should be a valid string"),
+        ("model_uri: m\nplugin_class: 5\n", "plugin_class (from conf file '{path}'): Input should be a valid string"),
+        ("model_uri: m\nhost: [1, 2]\n", "host (from conf file '{path}'): Input should be a valid string"),
+        ("model_uri: m\nworkers: true\n", "workers (from conf file '{path}'): Value error, Input should be a number"),
+        ("model_uri: m\nport: 70000\n", "port (from conf file '{path}'): Input should be less than or equal to 65535"),
+        ("model_uri: m\npublic_endpoints: [admin]\n", "public_endpoints.0 (from conf file '{path}'): Input should be 'health'"),
+        ("model_uri: m\nplugin_options: {1: a}\n", "plugin_options.1.[key] (from conf file '{path}'): Input should be a valid string"),
+        ("model_uri: m\nlogging: {colour: red}\n", "logging.colour (from conf file '{path}'): Extra inputs are not permitted"),
     ],
 )
 def test_bad_conf_files(tmp_path, conf, message):
     path = tmp_path / "conf.yaml"
     path.write_text(conf)
-    assert_one_line_failure(serve_main("--conf", path), message)
+    proc = serve_main("--conf", path)
+    assert proc.returncode == 2
+    assert_one_line_failure(proc, message.format(path=path))
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--port", "high"], {}, "error: port: Input should be a valid integer"),
+        (["--request-timeout", "-1"], {}, "error: request_timeout: Input should be greater than 0"),
+        ([], {"MLFLOW_PSS_WORKERS": "two"}, "error: workers (from environment variable MLFLOW_PSS_WORKERS): Input should be a valid integer"),
+        ([], {"MLFLOW_PSS_LOGGING": "{level: [x"}, "error: environment variable MLFLOW_PSS_LOGGING: logging: the value is not valid YAML"),
+        ([], {"MLFLOW_PSS_PUBLIC_ENDPOINTS": "health,admin"},
+         "error: public_endpoints.1 (from environment variable MLFLOW_PSS_PUBLIC_ENDPOINTS): Input should be 'health'"),
+    ],
+)
+def test_bad_flags_and_environment_variables(args, env, message):
+    proc = serve_main("--model-uri", WINE / "model", *args, env=env)
+    assert proc.returncode == 2
+    assert_one_line_failure(proc, message)
+
+
+def test_flags_override_the_environment_which_overrides_the_conf_file(tmp_path):
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("model_uri: m\nport: 5010\nworkers: 3\nhost: 0.0.0.0\npackages: [a]\n")
+    env = {"MLFLOW_PSS_PORT": "5011", "MLFLOW_PSS_WORKERS": "2", "MLFLOW_PSS_PACKAGES": "b, c",
+           "MLFLOW_PSS_LOGGING": "{level: debug}", "MLFLOW_PSS_INSTALL_MODEL_REQUIREMENTS": "true"}
+    proc = serve_main("--conf", conf, "--port", "5012", "--print-settings", env=env)
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    assert (printed["port"], printed["workers"], printed["host"]) == (5012, 2, "0.0.0.0")
+    assert printed["packages"] == ["b", "c"] and printed["install_model_requirements"] is True
+    assert printed["logging"]["level"] == "DEBUG"
+    # What --print-settings prints is a conf file that gives the same settings.
+    again = tmp_path / "again.yaml"
+    again.write_text(proc.stdout)
+    assert yaml.safe_load(serve_main("--conf", again, "--print-settings").stdout) == printed
+
+
+def test_the_readme_table_is_the_settings():
+    """The README's table of flags and conf keys is made from the settings' fields and serve's parser."""
+    from mlflow_pluggable_scoring_server.config import reference_table
+    from mlflow_pluggable_scoring_server.webserver import argument_parser
+
+    assert reference_table(argument_parser()) in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,6 @@ def test_unknown_env_manager_is_refused(tmp_path):
     conf = tmp_path / "conf.yaml"
     conf.write_text("env_manager: conda\nplugin: x.py\nmodel_uri: y\n")
     proc = serve_main("--conf", conf)
-    assert proc.returncode == 2 and "error: env_manager must be one of uv, virtualenv, local, not 'conda'" in proc.stderr
+    assert proc.returncode == 2 and f"error: env_manager (from conf file '{conf}'): Input should be 'uv', 'virtualenv' or 'local'" in proc.stderr
     proc = serve_main("--conf", conf, "--env-manager", "conda")
-    assert proc.returncode == 2 and "invalid choice: 'conda'" in proc.stderr
+    assert proc.returncode == 2 and "error: env_manager: Input should be 'uv', 'virtualenv' or 'local'" in proc.stderr
