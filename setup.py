@@ -25,6 +25,7 @@ setup(
         "pillow>=10",
         "prometheus-client>=0.20",
         "virtualenv>=20",  # --env-manager virtualenv
+        "tqdm>=4.66",  # score's progress bar: redrawn on a terminal, plain lines in a log
     ],
     extras_require={
         # What the samples and the test suite need on top of the server.

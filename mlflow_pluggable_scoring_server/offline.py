@@ -19,7 +19,8 @@ import logging
 import mimetypes
 import os
 import sys
-import time
+
+from tqdm import tqdm
 
 from .errors import ScoringError, StartupError
 from .media import JSON, matches
@@ -177,38 +178,48 @@ class Output:
         self.file.close()
 
 
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+# The progress meter, on a terminal and in a log alike: "[#####     ] 50/100  50% 60.31/s".
+METER = "[{bar:30}] {n_fmt}/{total_fmt} {percentage:3.0f}% {rate_noinv_fmt}"
+LOG_INTERVAL = 10  # seconds between two lines of progress in a log
 
-    def __init__(self, total, enabled=True, stream=None, width=30):
-        self.total, self.enabled, self.stream, self.width = total, enabled, stream or sys.stderr, width
-        self.count, self.start, self.drawn = 0, time.monotonic(), 0.0
 
-    def update(self, n=1):
-        self.count += n
-        if self.enabled and (time.monotonic() - self.drawn >= 0.1 or self.count == self.total):
-            self.draw()
+class LogLines(tqdm):
+    """tqdm for a stream that is not a terminal (a log, CI, a pipe): the meter as a line of its
+    own every :data:`LOG_INTERVAL` seconds and one on closing, never a carriage return."""
 
-    def draw(self):
-        self.drawn = time.monotonic()
-        share = self.count / self.total if self.total else 1.0
-        rate = self.count / max(self.drawn - self.start, 1e-9)
-        bar = "#" * int(share * self.width)
-        self.stream.write(f"\r[{bar:<{self.width}}] {self.count}/{self.total} {share:4.0%} {rate:.1f}/s")
-        self.stream.flush()
+    shown = 0  # the count the last line showed
 
-    def print(self, line):
-        """Print a line above the bar."""
-        if self.enabled:
-            self.stream.write("\r\033[K")
-        print(line, file=self.stream, flush=True)
-        if self.enabled:
-            self.draw()
+    def __init__(self, **options):
+        # The time checked at every input, not every so many; the rate is the average since the start.
+        super().__init__(**options, mininterval=LOG_INTERVAL, miniters=1, smoothing=0)
+
+    def display(self, msg=None, pos=None):
+        if msg is not None or self.n == self.shown:  # tqdm erasing its bar; nothing new (as at the start)
+            return False
+        self.shown = self.n
+        print(self, file=self.fp, flush=True)
+        return True
+
+    def clear(self, nolock=False):
+        """Nothing to erase: the lines stay."""
 
     def close(self):
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        if not self.disable:
+            self.display()  # the last line (tqdm's own would end with a carriage return)
+        self.leave = False
+        super().close()
+
+    @classmethod
+    def write(cls, s, file=None, end="\n", nolock=False):
+        print(s, end=end, file=file, flush=True)  # among the lines: no bar to erase and redraw
+
+
+def progress_bar(total, enabled=True, file=None):
+    """``score``'s progress on ``file`` (stderr): tqdm's bar on a terminal, :class:`LogLines` elsewhere.
+    Print other lines with its ``write(line, file=file)``."""
+    file = file or sys.stderr
+    kind = tqdm if file.isatty() else LogLines
+    return kind(total=total, file=file, disable=not enabled, bar_format=METER, ascii=" #", unit="")
 
 
 def add_plugin_args(parser):
@@ -257,7 +268,7 @@ def main(argv=None):
         print(f"error: the plugin cannot load model '{settings.model_uri}': {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     output = Output(args.output, fmt)
-    progress = Progress(count(files), enabled=not args.no_progress)
+    progress = progress_bar(count(files), enabled=not args.no_progress)
     scored = skipped = failed = 0
     try:
         for key, body, media_type in inputs(files, scorer.request_types, args.content_type):
@@ -265,13 +276,13 @@ def main(argv=None):
                 skipped += 1
             elif isinstance(body, OSError):
                 failed += 1
-                progress.print(f"failed: {key}: cannot read it: {body.strerror}")
+                progress.write(f"failed: {key}: cannot read it: {body.strerror}", file=sys.stderr)
             else:
                 try:
                     answer, _ = scorer.score(body, media_type, FORMATS[fmt])
                 except ScoringError as e:
                     failed += 1
-                    progress.print(f"failed: {key}: {failure_reason(e)}")
+                    progress.write(f"failed: {key}: {failure_reason(e)}", file=sys.stderr)
                 else:
                     output.write(key, answer)
                     scored += 1

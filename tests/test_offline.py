@@ -3,12 +3,14 @@
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import DIGIT_PNG, MNIST, SAMPLES, WINE, WINE_JSON, run_main
+from mlflow_pluggable_scoring_server import offline
 
 WINE_CSV = SAMPLES / "data" / "winequality-white.csv"
 WINE_ROWS = 12
@@ -112,3 +114,52 @@ def test_without_a_model_it_says_what_is_missing(tmp_path):
     proc = score("--plugin-file", WINE / "plugin.py", "--output", tmp_path / "out.jsonl", WINE_JSON)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: no model: give --model-uri or 'model_uri' in the conf file"
+
+
+def meter(n, total):
+    """The progress meter at ``n`` of ``total``, its rate masked as N."""
+    return f"[{'#' * (30 * n // total):<30}] {n}/{total} {100 * n // total:3d}% N/s"
+
+
+def masked(lines):
+    return [re.sub(r"[0-9.]+/s$", "N/s", line.rstrip()) for line in lines]
+
+
+@pytest.mark.parametrize("interval, flags, progress", [
+    (10, [], [0, 0, 0, 4]),  # a short run: only the last line
+    (0, [], [1, 2, 3, 4]),  # a line after every input
+    (0, ["--no-progress"], [0, 0, 0, 0]),
+])
+def test_a_log_gets_a_line_of_progress_now_and_then_never_a_carriage_return(interval, flags, progress, monkeypatch, tmp_path):
+    """stderr not a terminal (as in a log, in CI, in a pipe): the meter as a line every LOG_INTERVAL
+    seconds and at the end, among the failure lines."""
+    monkeypatch.setattr(offline, "LOG_INTERVAL", interval, raising=False)  # raising: the old code had none
+    requests_ = wine_requests(3)
+    lines = tmp_path / "wine.jsonl"
+    lines.write_text("\n".join(requests_[:2] + ["{not json"] + requests_[2:]) + "\n")
+    out = tmp_path / "out.jsonl"
+    proc = score("--conf", WINE / "conf.yaml", "--output", out, *flags, lines)
+    assert proc.returncode == 1 and "\r" not in proc.stderr, proc.stderr
+    failed = f"failed: {lines}:3: request body is not valid JSON"
+    expected = [meter(n, 4) for n in progress[:2] if n] + [failed] + [meter(n, 4) for n in progress[2:] if n]
+    shown = [failed if line.startswith(failed) else line for line in masked(proc.stderr.splitlines())]
+    assert shown == expected + [f"scored 3, skipped 0 already in {out}, failed 1"]
+
+
+class Terminal(io.StringIO):
+    """What a terminal would be sent."""
+
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_gets_tqdms_bar_redrawn_in_place_and_lines_above_it():
+    terminal = Terminal()
+    bar = offline.progress_bar(3, file=terminal)
+    bar.update()
+    bar.write("failed: a.png: image cannot be decoded", file=terminal)
+    bar.update(2)
+    bar.close()
+    assert terminal.getvalue().startswith(f"\r[{' ' * 30}] 0/3   0% ?/s")  # drawn at once, before the first input
+    screen = masked(line.rsplit("\r", 1)[-1] for line in terminal.getvalue().split("\n"))
+    assert screen == ["failed: a.png: image cannot be decoded", meter(3, 3), ""]
