@@ -11,15 +11,14 @@ Environments are cached in ``~/.cache/mlflow-pluggable-scoring-server/envs`` (or
 the model's requirements, the Python interpreter and the server (version, requirements,
 location). An environment is built in a temporary folder beside its cache entry and renamed
 into place only when complete, under a lock, so that two servers starting together build it
-once and a failed build leaves nothing behind.
+once and a failed build leaves nothing behind (the lock file included).
 
 The server's own package is not installed in the environment: a symlink in its
 site-packages points at the running server's package folder (a checkout or an installed
 wheel alike), so the environment serves exactly the code that created it.
 """
 
-import contextlib
-import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import StartupError
+from .locks import exclusive_lock
 from .packages import find_uv, install_packages, run_installer
 
 logger = logging.getLogger(__name__)
@@ -144,23 +144,13 @@ def ensure_environment(manager, packages, model_requirements):
         logger.info("using the cached environment %s", env)
         return env
     cache.mkdir(parents=True, exist_ok=True)
-    with _lock(cache / f"{env.name}.lock", env):
+    waiting = functools.partial(logger.info, "waiting for another server that is creating %s", env)
+    with exclusive_lock(cache / f"{env.name}.lock", waiting):
         if (env / SPEC_FILE).exists():  # another server built it while this one waited
             logger.info("using the environment %s, built by another server meanwhile", env)
             return env
         _create(env, spec)
     return env
-
-
-@contextlib.contextmanager
-def _lock(path, env):
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another server that is creating %s", env)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def _create(env, spec):
@@ -172,7 +162,7 @@ def _create(env, spec):
     logger.info("creating the environment %s with %s for %s", env, spec["manager"], ", ".join(wanted))
     started = time.monotonic()
     try:
-        CREATORS[spec["manager"]](tmp, spec["server"]["requirements"] + wanted, f"installing {', '.join(wanted)}")
+        CREATORS[spec["manager"]](tmp, spec["server"]["requirements"], wanted)
         _link_server_package(tmp)
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
         os.rename(tmp, env)
@@ -182,7 +172,7 @@ def _create(env, spec):
     logger.info("environment ready in %.0f s: %s", time.monotonic() - started, env)
 
 
-def _create_with_uv(tmp, requirements, what):
+def _create_with_uv(tmp, requirements, wanted):
     uv = find_uv()
     if not uv:
         raise StartupError("env_manager uv: no uv beside this Python or on PATH; install it or use --env-manager virtualenv")
@@ -190,15 +180,15 @@ def _create_with_uv(tmp, requirements, what):
     # Relocatable: the environment is renamed into place once built.
     run_installer([uv, "venv", "--quiet", "--relocatable", "--python", sys.executable, str(tmp)],
                   "creating the environment", env=env)
-    run_installer([uv, "pip", "install", "--python", str(env_python(tmp)), "--compile-bytecode", *requirements],
-                  what, env=env)
+    run_installer([uv, "pip", "install", "--python", str(env_python(tmp)), "--compile-bytecode", *requirements, *wanted],
+                  env=env, packages=wanted)
 
 
-def _create_with_virtualenv(tmp, requirements, what):
+def _create_with_virtualenv(tmp, requirements, wanted):
     run_installer([sys.executable, "-m", "virtualenv", "--quiet", "--python", sys.executable, str(tmp)],
                   "creating the environment")
     run_installer([str(env_python(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
-                   *requirements], what)
+                   *requirements, *wanted], packages=wanted)
 
 
 CREATORS = {"uv": _create_with_uv, "virtualenv": _create_with_virtualenv}

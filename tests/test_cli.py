@@ -38,7 +38,7 @@ def assert_one_line_failure(proc, message):
         (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", WINE / "model", "--workers", "0"],
          "workers: Input should be greater than or equal to 1"),
         (["--plugin-file", TEST_PLUGINS / "third_party.py", "--model-uri", WINE / "model", "--packages", "surely-no-such-package-xyz==0.0.1"],
-         "installing surely-no-such-package-xyz==0.0.1 failed"),
+         "surely-no-such-package-xyz==0.0.1 could not be installed for Python"),
     ],
 )
 def test_startup_failures_say_one_line(sample_models, args, message):

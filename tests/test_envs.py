@@ -6,7 +6,9 @@ from PyPI that the test environment does not have; it answers with a Roman numer
 """
 
 import importlib.util
+import logging
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,11 +20,14 @@ from conftest import TEST_PLUGINS, WINE, serve_main
 CACHE_VAR = "MLFLOW_PLUGGABLE_SCORING_SERVER_ENVS"
 NEEDS_ROMAN = ["--plugin-file", TEST_PLUGINS / "needs_package.py", "--model-uri", WINE / "model"]
 BUILD_TIMEOUT = 900  # a virtualenv is filled by pip, package by package
+PYTHON = f"Python {sys.version_info.major}.{sys.version_info.minor}"
 
 
 def environments(cache):
-    """The complete environments in a cache folder (lock files and nothing else may sit beside them)."""
-    return sorted(p.name for p in Path(cache).iterdir() if p.is_dir()) if Path(cache).exists() else []
+    """The environments in a cache folder, which holds nothing else (no lock file) once servers have started."""
+    names = sorted(p.name for p in Path(cache).iterdir()) if Path(cache).exists() else []
+    assert all(Path(cache, name).is_dir() for name in names), names
+    return names
 
 
 def executable(server):
@@ -88,17 +93,45 @@ def test_model_requirements_are_installed_when_asked(cache, tmp_path, sample_mod
 
 
 @pytest.mark.parametrize("manager", ["uv", "virtualenv"])
-def test_failed_install_leaves_nothing_and_says_why(manager, cache, sample_models):
-    proc = serve_main(*NEEDS_ROMAN, "--packages", "surely-no-such-package-xyz==0.0.1", "--env-manager", manager,
-                      env={CACHE_VAR: str(cache)})
+@pytest.mark.parametrize("package, failure", ids=["not-found", "no-wheel-build-fails"], argvalues=[
+    ("surely-no-such-package-xyz==0.0.1", f"surely-no-such-package-xyz==0.0.1 could not be installed for {PYTHON}"),
+    # A 2019 release: no wheel for this Python, and its setup.py imports pkg_resources, which
+    # build environments no longer have.
+    ("scikit-learn==0.20.2", f"scikit-learn==0.20.2 could not be built for {PYTHON}: no wheel for it, "
+                             "and the build from source failed"),
+])
+def test_failed_install_leaves_nothing_and_says_why_once(manager, package, failure, cache, sample_models, caplog):
+    caplog.set_level(logging.INFO)
+    proc = serve_main(*NEEDS_ROMAN, "--packages", package, "--env-manager", manager, env={CACHE_VAR: str(cache)})
     assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: installing surely-no-such-package-xyz==0.0.1 failed ({'uv' if manager == 'uv' else 'python'} exit 1):"], proc.stderr
-    block = proc.stderr[proc.stderr.index(errors[0]):].splitlines()[1:]
-    assert block and all(line.startswith("  | ") for line in block)
-    assert "surely-no-such-package-xyz" in "\n".join(block)
-    assert "Traceback" not in proc.stderr
-    assert environments(cache) == []
+    first, *block = proc.stderr.splitlines()
+    assert first == f"error: {failure} ({'uv' if manager == 'uv' else 'python'} exit 1):", proc.stderr
+    assert block and all(line.startswith("  | ") for line in block), proc.stderr
+    assert package.split("==")[0] in "\n".join(block)
+    # The installer's output is shown once: as progress up to its error, then in the error.
+    progress = [r.getMessage() for r in caplog.records if r.name.endswith(".packages")]
+    assert progress, "no progress shown"
+    assert not [line for line in block if any(shown.endswith(line[4:]) for shown in progress)]
+    assert "Traceback" not in "\n".join(progress)
+    assert not cache.exists() or list(cache.iterdir()) == [], "the failed build left files (a lock?) in the cache"
+
+
+def test_lock_files_go_with_their_lock_and_still_exclude(tmp_path):
+    """Processes taking turns to increment a counter: none is lost, though each lock file is removed on release."""
+    script = """if True:
+        import sys
+        from pathlib import Path
+        from mlflow_pluggable_scoring_server.locks import exclusive_lock
+        counter = Path(sys.argv[1]) / "counter"
+        for _ in range(300):
+            with exclusive_lock(counter.with_suffix(".lock")):
+                counter.write_text(str(int(counter.read_text() or 0) + 1))
+    """
+    (tmp_path / "counter").write_text("")
+    procs = [subprocess.Popen([sys.executable, "-c", script, tmp_path]) for _ in range(6)]
+    assert [proc.wait(timeout=120) for proc in procs] == [0] * 6
+    assert (tmp_path / "counter").read_text() == str(6 * 300)
+    assert [p.name for p in tmp_path.iterdir()] == ["counter"]
 
 
 def test_nothing_to_install_runs_in_place(cache, start_server):
