@@ -12,8 +12,6 @@ another process is never taken for (nor signalled as) a deployment's server.
 """
 
 import contextlib
-import dataclasses
-import fcntl
 import json
 import os
 import re
@@ -32,6 +30,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_ALREA
 
 from .config import FIELDS, Settings, build_settings, describe, parse_text
 from .errors import StartupError
+from .locks import exclusive_lock
 from .models import check_model_uri, local_path
 from .plugin import is_plugin_file
 
@@ -285,8 +284,7 @@ def _locked(name):
     """One change at a time per deployment name, across processes."""
     folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with exclusive_lock(folder / f".{name}.lock"):  # and no lock file left beside the deployments
         yield
 
 
