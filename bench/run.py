@@ -86,7 +86,7 @@ def digit_tensor_body():
     from PIL import Image
 
     image = Image.open(DIGIT_PNG).convert("L").resize((28, 28))
-    x = np.asarray(image, dtype=np.float32)[np.newaxis] / 255.0
+    x = np.asarray(image, dtype=np.float32).reshape(1, 28 * 28) / 255.0
     return json.dumps({"inputs": x.tolist()}).encode()
 
 

@@ -109,3 +109,26 @@ def read_model(model_uri):
         doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     signature = {key: json.loads(spec) for key, spec in (doc.get("signature") or {}).items() if spec}
     return LocalModel(path, doc.get("flavors") or {}, signature)
+
+
+def load_pyfunc(model_uri, load):
+    """The model's ``mlflow.pyfunc`` model: ``load`` (MLflow's loader) on its local folder, but a Keras
+    model logged by MLflow 1.x's ``mlflow.keras`` (``data/model.h5``) through ``mlflow.tensorflow``.
+
+    Such a model names ``mlflow.keras`` as its loader, which in MLflow 3 reads only Keras 3's
+    ``data/model.keras``; ``mlflow.tensorflow`` still reads the old layout (MLflow 2.x logged Keras
+    models with it), and Keras 3 the H5 file. An old SavedModel (``save_format: tf``) gets Keras 3's
+    one-line refusal, which names ``keras.layers.TFSMLayer``.
+    """
+    path = model_folder(os.fspath(model_uri))  # MLflow's loaders take a pathlib.Path too
+    has_mlmodel = os.path.isfile(os.path.join(path, "MLmodel"))  # else MLflow's loader says what is missing
+    keras = (read_model(path).flavors.get("keras") if has_mlmodel else None) or {}
+    if "keras_module" not in keras:  # MLflow 3's Keras flavor does not write it; the old one always did
+        return load(path)
+    import mlflow.tensorflow
+    from mlflow.models import Model
+    from mlflow.pyfunc import PyFuncModel
+
+    # As mlflow.pyfunc.load_model does, with the loader that reads the old layout.
+    model = mlflow.tensorflow._load_pyfunc(os.path.join(path, keras.get("data", "data")))
+    return PyFuncModel(model_meta=Model.load(path), model_impl=model)

@@ -4,8 +4,9 @@
 
 - sklearn_wine: a random forest predicting white-wine quality (UCI Wine Quality data).
 - onnx_wine: the same forest exported to ONNX with skl2onnx.
-- keras_mnist: a small Keras dense network for 28x28 digits, trained on scikit-learn's
-  bundled 8x8 digits made to look like MNIST (no download needed).
+- keras_mnist: a small Keras dense network for 28x28 digits taken flat (784 values, as the
+  2020 sample's model took them), trained on scikit-learn's bundled 8x8 digits made to look
+  like MNIST (no download needed).
 - sparkml_wine: a Spark ML pipeline (VectorAssembler + LinearRegression) on the wine data,
   trained on local Spark and saved with ``mlflow.spark``.
 
@@ -146,18 +147,20 @@ def train_keras_mnist():
     tf.config.threading.set_inter_op_parallelism_threads(1)
     keras.utils.set_random_seed(SEED)
     images, labels = shifted_copies(*mnist_like_digits(), copies=4, rng=np.random.default_rng(SEED))
+    # A flat input of 784 values, as the 2020 sample's model had: its plugin sends
+    # np.resize(image, (1, 28 * 28)), and plugins written for it must keep working.
     model = keras.Sequential(
         [
-            keras.Input((28, 28)),
-            keras.layers.Flatten(),
+            keras.Input((28 * 28,)),
             keras.layers.Dense(128, activation="relu"),
             keras.layers.Dense(10, activation="softmax"),
         ]
     )
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(images.astype(np.float32) / 255.0, labels, epochs=10, batch_size=64, shuffle=True, verbose=0)
+    x = images.reshape(len(images), 28 * 28).astype(np.float32) / 255.0
+    model.fit(x, labels, epochs=10, batch_size=64, shuffle=True, verbose=0)
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28 * 28))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
     )
     mlflow.keras.save_model(

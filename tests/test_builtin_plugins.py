@@ -1,6 +1,7 @@
 """Plugins by name: the built-in ones (pyfunc, image) and one from a package installed by the test."""
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -78,6 +79,64 @@ def test_image_plugin_answers_as_the_keras_sample_plugin(image_server, mnist_ser
     assert status["plugin"]["request_content_types"] == ["image/png", "image/jpeg", "application/octet-stream"]
 
 
+def test_image_plugin_takes_the_size_of_a_flat_input_from_the_signature(shared_app, mnist_server):
+    """The digit sample's signature is (-1, 784), as the 2020 model's input: 28x28 grey images, no option."""
+    r = shared_app("--plugin", "image", "--model-uri", MNIST / "model").predict(DIGIT_PNG.read_bytes(), "image/png")
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json(), mnist_server.predict(DIGIT_PNG.read_bytes(), "image/png").json(), atol=1e-6)
+
+
+# A Keras model as MLflow 1.x's mlflow.keras logged it: the keras flavor with its keras_module,
+# data/keras_module.txt and data/save_format.txt beside data/model.h5, loaded by "mlflow.keras".
+LEGACY_KERAS_MLMODEL = """\
+artifact_path: model
+flavors:
+  keras:
+    data: data
+    keras_module: tensorflow.keras
+    keras_version: 2.4.0
+    save_format: h5
+  python_function:
+    data: data
+    env: conda.yaml
+    loader_module: mlflow.keras
+    python_version: 3.8.10
+run_id: 5f0c1e2d3b4a49c8a7b6c5d4e3f2a1b0
+signature:
+  inputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 784]}}]'
+  outputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}}]'
+utc_time_created: '2021-06-01 12:00:00.000000'
+"""
+
+
+@pytest.fixture(scope="module")
+def legacy_keras_model(tmp_path_factory):
+    """A tiny digit model in MLflow 1.x's Keras layout, its H5 file written by Keras 3; returns (folder, model)."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("legacy_keras") / "model"
+    (folder / "data").mkdir(parents=True)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28 * 28,)), keras.layers.Dense(10, activation="softmax")])
+    model.save(folder / "data" / "model.h5")
+    (folder / "data" / "keras_module.txt").write_text("tensorflow.keras")
+    (folder / "data" / "save_format.txt").write_text("h5")
+    (folder / "MLmodel").write_text(LEGACY_KERAS_MLMODEL)
+    return folder, model
+
+
+def test_a_keras_h5_model_of_mlflow_1_is_served_by_the_image_and_pyfunc_plugins(make_app, legacy_keras_model):
+    folder, model = legacy_keras_model
+    x = np.asarray(Image.open(DIGIT_PNG).convert("L"), dtype=np.float32).reshape(1, 28 * 28) / 255
+    expected = model.predict_on_batch(x)
+    image = make_app("--plugin", "image", "--model-uri", folder).predict(DIGIT_PNG.read_bytes(), "image/png")
+    assert image.status_code == 200, image.text
+    np.testing.assert_allclose(image.json(), expected, atol=1e-6)
+    pyfunc = make_app("--model-uri", folder).predict(json.dumps({"inputs": x.tolist()}), "application/json")
+    assert pyfunc.status_code == 200, pyfunc.text
+    np.testing.assert_allclose(pyfunc.json()["predictions"], expected, atol=1e-6)
+
+
 def gif():
     out = io.BytesIO()
     Image.new("L", (28, 28)).save(out, format="GIF")
@@ -115,7 +174,7 @@ def test_image_size_that_does_not_fit_the_model_stops_the_server(sample_models):
     proc = run_cli("--plugin", "image", "--plugin-option", "size=32x32", "--model-uri", MNIST / "model", timeout=300)
     assert proc.returncode != 0
     assert "error: plugin ImagePlugin cannot load model" in proc.stderr
-    assert "32x32 L images do not fit the model's input shape (-1, 28, 28)" in proc.stderr
+    assert "32x32 L images do not fit the model's input shape (-1, 784)" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DIGIT_PNG, WINE_JSON
+from conftest import DIGIT_PNG, MNIST, TEST_PLUGINS, WINE_JSON
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,15 @@ def test_mnist_accepts_jpeg_and_other_sizes(mnist_server):
     image.convert("RGB").save(out, format="JPEG", quality=95)
     r = mnist_server.predict(out.getvalue(), content_type="image/jpeg")
     assert r.status_code == 200
+    assert int(np.argmax(r.json()[0])) == 0
+
+
+def test_the_2020_keras_plugin_serves_the_digit_sample_unchanged(shared_app, mnist_server):
+    """tests/plugins/legacy_mnist.py, the 2020 plugin, sends np.resize(image, (1, 784)) to Keras' predict."""
+    legacy = shared_app("--plugin-file", TEST_PLUGINS / "legacy_mnist.py", "--model-uri", MNIST / "model")
+    r = legacy.predict(DIGIT_PNG.read_bytes(), content_type="application/octet-stream")
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json(), mnist_server.predict(DIGIT_PNG.read_bytes(), "image/png").json(), atol=1e-6)
     assert int(np.argmax(r.json()[0])) == 0
 
 

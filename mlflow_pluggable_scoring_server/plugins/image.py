@@ -5,14 +5,16 @@ A PNG or JPEG body is decoded with :func:`~mlflow_pluggable_scoring_server.decod
 scaled to ``[0, 1]`` and given a batch axis; the array goes to the model's
 ``mlflow.pyfunc`` ``predict`` (a Keras model's ``predict_on_batch``: the same answers, without
 ``predict``'s 66 ms per call). When the model's signature has one tensor input, its shape and
-dtype are used: the array is reshaped to it (``(-1, 28, 28)`` or ``(-1, 28, 28, 1)`` alike)
-and the size is taken from it unless given. It can batch (``--max-batch-size``)::
+dtype are used: the array is reshaped to it (``(-1, 28, 28)``, ``(-1, 28, 28, 1)`` or a flat
+``(-1, 784)`` alike) and the size is taken from it unless given (a flat input: a square image).
+It can batch (``--max-batch-size``)::
 
     mlflow-pluggable-scoring-server --plugin image --model-uri plugin_samples/keras_mnist/model
     mlflow-pluggable-scoring-server --plugin image --plugin-option size=224x224 \\
         --plugin-option mode=RGB --model-uri models:/resnet/1
 """
 
+import math
 import re
 import sys
 from typing import NamedTuple
@@ -21,6 +23,7 @@ import numpy as np
 
 from ..decoders import IMAGE_TYPES, read_image
 from ..errors import StartupError
+from ..models import load_pyfunc
 from ..plugin import BatchPlugin
 
 MODES = {"L": 1, "RGB": 3, "RGBA": 4}  # Pillow mode: channels
@@ -56,7 +59,7 @@ class ImagePlugin(BatchPlugin):
     def load_model(self, model_uri):
         import mlflow.pyfunc
 
-        pyfunc = mlflow.pyfunc.load_model(model_uri)
+        pyfunc = load_pyfunc(model_uri, mlflow.pyfunc.load_model)
         if "keras" in sys.modules:  # Keras' predict, if called, would print a progress bar into the log per request
             sys.modules["keras"].config.disable_interactive_logging()
         schema = pyfunc.metadata.get_input_schema()
@@ -87,8 +90,12 @@ class ImagePlugin(BatchPlugin):
         return [*IMAGE_TYPES, "application/octet-stream"]
 
     def _size_of(self, shape):
-        """``(width, height)`` from an input shape: ``(-1, H, W)``, or with channels on the layout's side."""
+        """``(width, height)`` from an input shape: ``(-1, H, W)``, with channels on the layout's side,
+        or a flat ``(-1, N)`` holding a square image (MNIST's 784 values: 28x28 L)."""
         dims = shape[1:]
+        if len(dims) == 1:
+            side = math.isqrt(dims[0] // MODES[self.mode])
+            return (side, side) if side * side * MODES[self.mode] == dims[0] else None
         if len(dims) == 3:
             dims = dims[1:] if self.layout == "channels_first" else dims[:2]
         if len(dims) != 2:

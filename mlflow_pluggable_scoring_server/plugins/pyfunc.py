@@ -13,6 +13,7 @@ import re
 from typing import NamedTuple
 
 from ..errors import ScoringError, UnsupportedMediaType
+from ..models import load_pyfunc
 from ..plugin import BasePlugin
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class PyfuncPlugin(BasePlugin):
 
         # As `mlflow models serve` does: some flavors behave differently when serving.
         os.environ[_MLFLOW_IS_IN_SERVING_ENVIRONMENT.name] = "true"
-        model = load_model_with_mlflow_config(model_uri)
+        model = load_pyfunc(model_uri, load_model_with_mlflow_config)
         schema, params = model.metadata.get_input_schema(), model.metadata.get_params_schema()
         names = (schema.input_names() if schema and schema.has_input_names() else []) + (
             [p.name for p in params.params] if params else [])

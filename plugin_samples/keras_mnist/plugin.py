@@ -1,7 +1,8 @@
 """Sample plugin: a Keras digit classifier for one 28x28 image (PNG or JPEG).
 
 The image is converted to grayscale and resized to 28x28 (white digit on black, as
-in MNIST, e.g. ``data/mnist_0_10.png``). The response is ``[[p0, ..., p9]]``: the
+in MNIST, e.g. ``data/mnist_0_10.png``) and goes to the network as one row of 784 values
+in ``[0, 1]``, as in the 2020 sample. The response is ``[[p0, ..., p9]]``: the
 probability of each digit. It can batch: with ``--max-batch-size``, the images of
 concurrent requests go through the network in one call.
 """
@@ -23,7 +24,7 @@ class Plugin(BatchPlugin):
 
     def preprocess(self, model, data):
         image = read_image(data, mode="L", size=(28, 28))
-        return np.asarray(image, dtype=np.float32)[np.newaxis] / 255.0
+        return np.asarray(image, dtype=np.float32).reshape(1, 28 * 28) / 255.0
 
     def inference(self, model, batch):
         # predict_on_batch runs a compiled step: ~0.5 ms here, against ~3.5 ms for an
