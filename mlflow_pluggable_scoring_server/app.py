@@ -236,9 +236,12 @@ def create_app(scorer, settings, metrics=None, token=None):
 
     @app.get("/api/swagger")
     def swagger():
-        if not spec:
-            spec.update(openapi_spec(api.__schema__, scorer.request_types, scorer.response_types))
-        return jsonify(spec)
+        if spec:
+            return jsonify(spec)
+        document = openapi_spec(api.__schema__, scorer.request_types, scorer.response_types, scorer.example())
+        if scorer.ready.is_set():  # with the model's example: kept
+            spec.update(document)
+        return jsonify(document)
 
     return app
 

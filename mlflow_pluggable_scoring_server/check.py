@@ -126,12 +126,16 @@ def run_checks(settings, sample, content_type, report):
     report("PASS", "load_model", f"{settings.model_uri} in {time.monotonic() - started:.1f} s")
 
     path, body = sample or (None, None)
+    example = scorer.example() if body is None else None
+    if example:
+        body, content_type = example[0], content_type or example[1]
+        report("PASS", "example_request", f"{len(body)} bytes of {example[1]}, sent as the sample")
     content_type = content_type or content_type_for(path, scorer.request_types)
     if not any(matches(pattern, parse_media_type(content_type)[0]) for pattern in scorer.request_types):
         report("FAIL", "content type", f"{content_type} is not one of the plugin's request media types")
         return
     if body is None:
-        report("SKIP", "sample", "no --sample given; give one to check predictions")
+        report("SKIP", "sample", "no --sample given and no example_request in the plugin; give one to check predictions")
     for accept in scorer.response_types if body is not None else ():
         check_answer(scorer, report, f"sample as {content_type}, answer as {accept}", body, content_type, accept)
     # An empty body never reaches the plugin: the server refuses it itself.
@@ -152,7 +156,7 @@ def parse_args(argv):
     )
     add_plugin_args(p)
     p.add_argument("--sample", metavar="FILE", help="a request body the plugin should score (sent as --content-type, "
-                   "by default the media type of its extension)")
+                   "by default the media type of its extension); by default the plugin's example_request, if any")
     p.add_argument("--verbose", action="store_true", help="log the plugin's tracebacks when it fails")
     return p.parse_args(argv)
 

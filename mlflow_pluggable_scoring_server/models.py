@@ -94,9 +94,23 @@ class LocalModel(NamedTuple):
         """The names of the signature's input columns, in order (empty for a tensor signature)."""
         return [spec["name"] for spec in self.signature.get("inputs") or [] if "name" in spec]
 
+    def serving_example(self):
+        """See :func:`serving_example`."""
+        return serving_example(self.path)
+
     def flavor_file(self, flavor):
         """The path of a flavor's model file (its ``data``), e.g. ``model.onnx`` for ``onnx``."""
         return os.path.join(self.path, self.flavors[flavor]["data"])
+
+
+def serving_example(path):
+    """The request body MLflow saved with the model in folder ``path`` (``serving_input_example.json``, written
+    when the model is saved with an ``input_example``), as bytes, or None: a plugin's ``example_request``."""
+    try:
+        with open(os.path.join(path, "serving_input_example.json"), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def read_model(model_uri):

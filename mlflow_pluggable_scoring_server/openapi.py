@@ -11,14 +11,47 @@ SCORING_PATHS = ("/api/predict", "/invocations")  # /invocations: MLflow's name 
 # their success is declared without a body schema that clients would try to parse.
 UNDESCRIBED_PATHS = ("/ping", "/health", "/version")
 
+import json
+from http import HTTPStatus
+
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error_code", "message"],
-    "properties": {
-        "error_code": {"type": "string", "example": "UNSUPPORTED_MEDIA_TYPE"},
-        "message": {"type": "string"},
-    },
+    "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
 }
+# What each error status answers, as the server words it: the example of that status.
+ERROR_MESSAGES = {
+    HTTPStatus.BAD_REQUEST: "request body is not valid JSON: Expecting value at line 1 column 1",
+    HTTPStatus.UNAUTHORIZED: "send the server's token as 'Authorization: Bearer <token>'",
+    HTTPStatus.NOT_ACCEPTABLE: "cannot answer with any type the Accept header allows; available: application/json",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "request body is larger than the server's limit of 16777216 bytes",
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "this Content-Type is not accepted; send one of: application/json",
+    HTTPStatus.INTERNAL_SERVER_ERROR: "the plugin failed to score this request; the server log has the details",
+    HTTPStatus.SERVICE_UNAVAILABLE: "the model is still loading; retry shortly",
+    HTTPStatus.GATEWAY_TIMEOUT: "the prediction took longer than the server's limit of 60 s",
+}
+
+
+def error_content(code):
+    """The content of an error response: the Error schema, with this status' own example."""
+    status = HTTPStatus(int(code))
+    example = {"error_code": status.name, "message": ERROR_MESSAGES.get(status, status.phrase.lower())}
+    return {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}, "example": example}}
+
+
+def request_content(request_types, example):
+    """The predict body's content per media type; ``example`` ``(bytes, media type)`` shown where it can be (text)."""
+    content = {t: {"schema": body_schema(t)} for t in request_types}
+    if example:
+        body, media_type = example
+        try:
+            value = json.loads(body) if body_schema(media_type) == {} else body.decode() if media_type.startswith("text/") else None
+        except ValueError:  # not JSON, not UTF-8: not shown
+            value = None
+        if value is not None:
+            content.setdefault(media_type, {"schema": body_schema(media_type)})["example"] = value
+            content = {media_type: content.pop(media_type), **content}  # the UI preselects the first
+    return content
 
 
 def body_schema(media_type):
@@ -42,16 +75,15 @@ def _operation(op, produces):
     responses = {}
     for code, response in op.get("responses", {"200": {"description": "Success"}}).items():
         ok = str(code).startswith("2")
-        content = {t: {"schema": body_schema(t)} for t in produces} if ok else {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-        }
+        content = {t: {"schema": body_schema(t)} for t in produces} if ok else error_content(code)
         responses[str(code)] = {"description": response.get("description", ""), **({"content": content} if content else {})}
     out["responses"] = responses
     return out
 
 
-def openapi_spec(swagger2, request_types, response_types):
-    """The OpenAPI 3.0 document of the API whose Swagger 2.0 document is ``swagger2``."""
+def openapi_spec(swagger2, request_types, response_types, example=None):
+    """The OpenAPI 3.0 document of the API whose Swagger 2.0 document is ``swagger2``;
+    ``example``: a predict body ``(bytes, media type)`` to show, or None."""
     paths = {}
     for path, item in swagger2.get("paths", {}).items():
         paths[path] = {}
@@ -62,10 +94,7 @@ def openapi_spec(swagger2, request_types, response_types):
             produces = response_types if predict else [] if path in UNDESCRIBED_PATHS else ["application/json"]
             operation = _operation(op, produces)
             if predict:
-                operation["requestBody"] = {
-                    "required": True,
-                    "content": {t: {"schema": body_schema(t)} for t in request_types},
-                }
+                operation["requestBody"] = {"required": True, "content": request_content(request_types, example)}
             paths[path][method] = operation
     return {
         "openapi": "3.0.3",

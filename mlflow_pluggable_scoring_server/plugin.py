@@ -98,6 +98,14 @@ class BasePlugin(metaclass=ABCMeta):
         """The media types ``predict``'s result can be sent as, the default first."""
         return ["application/json", "text/csv"]
 
+    def example_request(self, model):
+        """Optional: a request body this plugin scores, as ``(bytes, media type)``, or None.
+
+        The Swagger UI offers it as the predict body's example (JSON and text ones), and
+        ``check-plugin`` sends it when no ``--sample`` is given.
+        """
+        return None
+
     def __repr__(self):
         return f"{type(self).__name__}(request_content_type={self.request_content_type()!r})"
 

@@ -137,6 +137,25 @@ class Scorer:
             self.model_thread = ModelThread(self.model_lock)
         self.ready.set()
 
+    def example(self):
+        """The plugin's :meth:`~.plugin.BasePlugin.example_request` for the loaded model, checked, or None."""
+        method = getattr(self.plugin, "example_request", None)  # a plugin may not subclass BasePlugin
+        if not self.ready.is_set() or not callable(method):
+            return None
+        try:
+            example = method(self.model)
+            if example is None:
+                return None
+            body, media_type = example
+            if isinstance(body, str):
+                body = body.encode()
+            if not isinstance(body, bytes) or not isinstance(media_type, str):
+                raise TypeError("must be (bytes, media type) or None")
+        except Exception as e:  # an optional nicety: never a reason to fail
+            logger.warning("%s.example_request cannot be used: %s: %s", type(self.plugin).__name__, type(e).__name__, e)
+            return None
+        return body, media_type
+
     def score(self, body, content_type, accept):
         """Score one request body; returns ``(response bytes, response media type)``.
 

@@ -81,6 +81,7 @@ def save_sklearn_wine(forest, x, features):
         forest,
         target_dir("sklearn_wine"),
         signature=signature,
+        input_example=pd.DataFrame(x[:3], columns=features),  # the API docs' example request
         pip_requirements=pinned("scikit-learn", "skops"),
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
     )
@@ -99,6 +100,7 @@ def export_onnx_wine(forest, x, features):
         onnx_model,
         target_dir("onnx_wine"),
         signature=signature,
+        input_example=pd.DataFrame(x[:3], columns=features),  # the API docs' example request
         pip_requirements=pinned("onnx", "onnxruntime"),
         onnx_execution_providers=["CPUExecutionProvider"],
     )

@@ -116,3 +116,17 @@ def test_usage_errors_exit_2(sample_models, args, message):
     proc = check_plugin(*args)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().startswith(message), proc.stderr
+
+
+@pytest.mark.parametrize("args, media_type", [
+    (["--conf", WINE / "conf.yaml"], "application/json"),  # the model's saved input example
+    (["--conf", MNIST / "conf.yaml"], "image/png"),  # the sample digit beside the plugin
+    (["--model-uri", WINE / "model"], "application/json"),  # pyfunc: the model's input example
+], ids=["wine-sample", "keras-sample", "pyfunc"])
+def test_without_a_sample_the_plugins_example_request_is_checked(sample_models, args, media_type):
+    proc = check_plugin(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = outcomes(proc)
+    assert found["example_request"][0] == "PASS" and found["example_request"][1].endswith(f"bytes of {media_type}, sent as the sample")
+    assert found[f"sample as {media_type}, answer as application/json"][0] == "PASS"
+    assert "sample" not in found  # no SKIP: predictions were checked

@@ -70,6 +70,14 @@ class PyfuncPlugin(BasePlugin):
     def response_content_types(self):
         return ["application/json"]
 
+    def example_request(self, model):
+        """The input example saved with the model, as `mlflow models serve` takes it."""
+        from mlflow.models.utils import convert_input_example_to_serving_input
+
+        example = model.pyfunc.input_example
+        serving = convert_input_example_to_serving_input(example) if example is not None else None
+        return (serving.encode(), "application/json") if serving else None
+
 
 def check_charset(media_params):
     """MLflow's rule for Content-Type parameters: charset only, and only UTF-8 (else 415)."""

@@ -33,3 +33,8 @@ class Plugin(BatchPlugin):
 
     def request_content_type(self):
         return ["image/png", "image/jpeg", "application/octet-stream"]
+
+    def example_request(self, model):
+        # The sample digit beside this file, for check-plugin (the Swagger UI offers a file picker for images).
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mnist_0_10.png")
+        return (open(path, "rb").read(), "image/png") if os.path.exists(path) else None

@@ -9,13 +9,14 @@ column is ignored. The response is one predicted quality per row. It can batch: 
 from typing import NamedTuple
 
 from mlflow_pluggable_scoring_server.decoders import read_split_frame
-from mlflow_pluggable_scoring_server.models import fetch_model
+from mlflow_pluggable_scoring_server.models import fetch_model, serving_example
 from mlflow_pluggable_scoring_server.plugin import BatchPlugin
 
 
 class WineForest(NamedTuple):
     forest: object
     features: list  # the feature columns, in the order the forest was trained on
+    example: bytes  # the request saved with the model (its input example), or None
 
 
 class Plugin(BatchPlugin):
@@ -23,7 +24,7 @@ class Plugin(BatchPlugin):
         import mlflow.sklearn
 
         path, mlmodel = fetch_model(model_uri)
-        return WineForest(mlflow.sklearn.load_model(path), mlmodel.signature.inputs.input_names())
+        return WineForest(mlflow.sklearn.load_model(path), mlmodel.signature.inputs.input_names(), serving_example(path))
 
     def preprocess(self, model, data):
         return read_split_frame(data, columns=model.features)
@@ -33,3 +34,7 @@ class Plugin(BatchPlugin):
 
     def request_content_type(self):
         return "application/json"
+
+    def example_request(self, model):
+        # Shown by the Swagger UI, sent by check-plugin: MLflow's {"dataframe_split": ...} is read as a table too.
+        return (model.example, "application/json") if model.example else None

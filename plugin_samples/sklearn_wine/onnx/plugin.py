@@ -17,6 +17,7 @@ class WineSession(NamedTuple):
     session: object  # an onnxruntime.InferenceSession, created once per worker
     input_name: str
     features: list  # the feature columns, in the order the model expects them
+    example: bytes  # the request saved with the model (its input example), or None
 
 
 class Plugin(BatchPlugin):
@@ -28,7 +29,7 @@ class Plugin(BatchPlugin):
         # One thread per session: several gunicorn workers share the cores.
         options.intra_op_num_threads = 1
         session = onnxruntime.InferenceSession(model.flavor_file("onnx"), options, providers=["CPUExecutionProvider"])
-        return WineSession(session, session.get_inputs()[0].name, model.input_names())
+        return WineSession(session, session.get_inputs()[0].name, model.input_names(), model.serving_example())
 
     def preprocess(self, model, data):
         return read_split_frame(data, columns=model.features, dtype="float32")
@@ -38,3 +39,6 @@ class Plugin(BatchPlugin):
 
     def request_content_type(self):
         return "application/json"
+
+    def example_request(self, model):
+        return (model.example, "application/json") if model.example else None
