@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import ROOT, WINE, WINE_JSON, Server, free_port
+from conftest import ROOT, WINE, WINE_JSON, Server, free_port, run_main
 
 WINE_ARGS = ["--model-uri", WINE / "model", "--plugin-file", WINE / "plugin.py"]
 EXPECTED = [5.89, 5.92, 5.95]  # the README's answer for predict-wine-quality.json
@@ -115,14 +115,15 @@ def test_docker_build_subcommand_and_its_errors(tmp_path, sample_models):
     assert proc.returncode == 0, proc.stderr
     assert "not built" in proc.stderr and (context / "Dockerfile").exists()
 
-    again = docker_build(*WINE_ARGS, "--docker-image", "wine", "--context-dir", context, "--builder", "none")
+    # The errors: main() in-process.
+    again = run_main("docker-build", *WINE_ARGS, "--docker-image", "wine", "--context-dir", context, "--builder", "none")
     assert again.returncode == 2 and f"error: context folder '{context}' is not empty" in again.stderr
-    missing = docker_build("--model-uri", WINE / "model", "--plugin-file", "nope.py", "--docker-image", "wine",
-                           "--builder", "none")
+    missing = run_main("docker-build", "--model-uri", WINE / "model", "--plugin-file", "nope.py", "--docker-image", "wine",
+                       "--builder", "none")
     assert missing.returncode == 2 and "error: plugin file 'nope.py' does not exist" in missing.stderr
-    no_model = docker_build("--model-uri", "models:/no_such_model/1", "--plugin-file", WINE / "plugin.py",
-                            "--docker-image", "wine", "--builder", "none",
-                            env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    no_model = run_main("docker-build", "--model-uri", "models:/no_such_model/1", "--plugin-file", WINE / "plugin.py",
+                        "--docker-image", "wine", "--builder", "none",
+                        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
     assert no_model.returncode == 2 and "does not resolve" in no_model.stderr
 
 

@@ -92,7 +92,7 @@ def test_model_requirements_are_installed_when_asked(cache, tmp_path, sample_mod
     assert len(created) == 1 and "roman" in created[0] and "scikit-learn" in created[0]
 
 
-@pytest.mark.parametrize("manager", ["uv", "virtualenv"])
+@pytest.mark.parametrize("manager", ["uv", pytest.param("virtualenv", marks=pytest.mark.slow)])  # virtualenv: 5 to 7 s each
 @pytest.mark.parametrize("package, failure", ids=["not-found", "no-wheel-build-fails"], argvalues=[
     ("surely-no-such-package-xyz==0.0.1", f"surely-no-such-package-xyz==0.0.1 could not be installed for {PYTHON}"),
     # A 2019 release: no wheel for this Python, and its setup.py imports pkg_resources, which
