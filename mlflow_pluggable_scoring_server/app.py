@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from . import __version__
 from .errors import InvalidInput, NotReady, ScoringError, Unauthorized
 from .openapi import openapi_spec
+from .v2_endpoints import add_v2_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ def error_body(e):
     else:
         logger.error("unexpected error on %s %s", request.method, request.path, exc_info=e)
         status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error"
+    if request.path == "/v2" or request.path.startswith("/v2/"):  # the Open Inference Protocol's shape
+        return {"error": message}, status, headers
     return {"error_code": error_code or status.name, "message": message}, status, headers
 
 
@@ -70,7 +73,8 @@ def request_body(limit):
 
 def endpoint_group(path):
     """The group an endpoint belongs to, for ``public_endpoints``: health, metrics, docs or api."""
-    if path.startswith("/api/health/") or path in ("/ping", "/health", "/version"):
+    if (path.startswith(("/api/health/", "/v2/health/")) or path in ("/ping", "/health", "/version")
+            or path.startswith("/v2/models/") and path.endswith("/ready")):
         return "health"
     if path == "/metrics":
         return "metrics"
@@ -140,6 +144,13 @@ def create_app(scorer, settings, metrics=None, token=None):
 
     ns = api.namespace("api", description="Scoring", path="/api")
 
+    def scoring_error(e):
+        """The answer to a failed scoring request (already logged where it happened), counted."""
+        if metrics:
+            metrics.prediction_errors.labels(e.error_code).inc()
+        body, status, headers = error_body(e)
+        return jsonify(body), status, headers
+
     def score():
         """Answer a scoring request: /api/predict and MLflow's /invocations alike."""
         try:
@@ -148,11 +159,11 @@ def create_app(scorer, settings, metrics=None, token=None):
                 request.headers.get("Content-Type"),
                 request.headers.get("Accept"),
             )
-        except ScoringError as e:  # already logged where it happened
-            if metrics:
-                metrics.prediction_errors.labels(e.error_code).inc()
-            return error_body(e)
+        except ScoringError as e:
+            return scoring_error(e)
         return Response(body, status=200, content_type=media_type)
+
+    add_v2_endpoints(app, scorer, settings, lambda: request_body(settings.max_request_bytes), scoring_error)
 
     @ns.route("/predict")
     class Predict(Resource):

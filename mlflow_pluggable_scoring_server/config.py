@@ -82,6 +82,9 @@ class Settings(BaseModel):
         dict, "Passed to the plugin class as keyword arguments: a mapping in the file; `KEY=VALUE` on the command line,"
         " repeatable, VALUE read as YAML (`28`, `[28, 28]`, `RGB`).")
     model_uri: Optional[str] = setting(None, "MLflow model URI (see [Model URIs](#model-uris)).", min_length=1)
+    model_name: Optional[str] = setting(
+        None, "The model's name in the Open Inference Protocol's paths (`/v2/models/NAME`).",
+        shown="the registered model's name for a `models:/` URI, else `mlflow-model`", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     packages: Annotated[list[str], CommaList] = setting(
         list, "Extra pip packages the plugin needs (comma-separated, or a YAML list in the file);"
         " see [Plugin packages and environments](#plugin-packages-and-environments).")

@@ -85,6 +85,26 @@ def read_split_frame(data, columns=None, dtype="float32", allow_nan=False):
     return table[:, [position[name] for name in columns]]
 
 
+def read_tensor_columns(inputs, columns, dtype="float32"):
+    """The named V2 tensors ``inputs`` (name -> array, as a plugin's ``preprocess_tensors`` gets them) as a 2-D
+    array with exactly ``columns``, in that order: each a column of N values (shape ``[N]`` or ``[N, 1]``).
+    Other inputs are ignored; a missing column, a tensor of another shape or non-numeric values are refused."""
+    missing = [name for name in columns if name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing inputs: {', '.join(missing)}")
+    arrays = [np.asarray(inputs[name]) for name in columns]
+    rows = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+    bad = [name for name, a in zip(columns, arrays) if a.ndim not in (1, 2) or a.shape[0] != rows or a.size != rows]
+    if bad or not rows:
+        raise InvalidInput(f"every input must be a column of the same number of rows, shape [N] or [N, 1]: {', '.join(bad) or 'no rows'}")
+    if any(a.dtype.kind not in "biuf" for a in arrays):
+        raise InvalidInput(f"every input must hold numbers ({dtype})")
+    table = np.stack([a.reshape(-1) for a in arrays], axis=1).astype(dtype, copy=False)
+    if table.dtype.kind == "f" and not np.isfinite(table).all():
+        raise InvalidInput("the inputs have missing (NaN) or infinite values")
+    return table
+
+
 def limit_image_pixels(max_pixels):
     """Refuse images over ``max_pixels`` pixels, for our decoder and any plugin using Pillow.
 

@@ -22,6 +22,29 @@ def local_path(model_uri):
     return None
 
 
+DEFAULT_MODEL_NAME = "mlflow-model"  # MLflow's name for a model served over V2 (`mlflow models serve --enable-mlserver`)
+
+
+def model_name(model_uri):
+    """The name a model is served under: the registered model's for a ``models:/`` URI, else DEFAULT_MODEL_NAME."""
+    parsed = urlparse(model_uri)
+    if parsed.scheme == "models":
+        name = (parsed.netloc + parsed.path).lstrip("/").split("/")[0].split("@")[0]
+        if name:
+            return name
+    return DEFAULT_MODEL_NAME
+
+
+def model_version(model_uri):
+    """The registry version a ``models:/`` URI points at now (its alias, stage or ``latest`` resolved), else None."""
+    if urlparse(model_uri).scheme != "models":
+        return None
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    return str(get_model_name_and_version(MlflowClient(), model_uri)[1])
+
+
 def check_model_uri(model_uri):
     """Raise StartupError if ``model_uri`` does not resolve to a model.
 

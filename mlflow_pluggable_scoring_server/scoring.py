@@ -5,6 +5,8 @@ media type out), and no model details (the plugin owns those).
 """
 
 import ctypes
+import functools
+import json
 import logging
 import queue
 import signal
@@ -18,6 +20,7 @@ from .batching import Batcher
 from .decoders import check_json_containers
 from .errors import InvalidInput, NotReady, RequestTimeout, ScoringError
 from .media import JSON, check_content_type, diagnose, encode, negotiate
+from .models import model_version
 from .plugin import Payload, request_media_types, response_media_types
 
 logger = logging.getLogger(__name__)
@@ -125,17 +128,38 @@ class Scorer:
         self.recent_seconds = None  # how long recent unbatched predictions took (moving average)
         self.ready = threading.Event()
         self.request_types = request_media_types(plugin)
+        self.model_uri = self.version = None  # the registry version loaded, for a models:/ URI
         self.response_types = response_media_types(plugin)
 
     def load(self, model_uri):
         """Load the model with the plugin (may take long: call it off the serving thread)."""
         self.model = self.plugin.load_model(model_uri)
+        self.model_uri = model_uri
+        try:
+            self.version = model_version(model_uri)
+        except Exception as e:  # the registry went away after the load: the version stays unknown
+            logger.warning("the registry version of %s is unknown: %s", model_uri, e)
         if self.max_batch_size > 1:
             self.batcher = Batcher(partial(self.plugin.run_batch, self.model), self.max_batch_size,
                                    self.max_batch_time_ms / 1000, self.on_batch)
         elif self.timeout:
             self.model_thread = ModelThread(self.model_lock)
         self.ready.set()
+
+    @functools.cached_property
+    def signature(self):
+        """The model's MLflow signature (for V2 metadata): the plugin's ``signature(model)`` if it has one, else
+        read from the model's MLmodel; None without one."""
+        method = getattr(self.plugin, "signature", None)
+        try:
+            if callable(method):
+                return method(self.model)
+            from mlflow.models import get_model_info
+
+            return get_model_info(self.model_uri).signature
+        except Exception as e:
+            logger.warning("the signature of %s cannot be read: %s: %s", self.model_uri, type(e).__name__, e)
+            return None
 
     def example(self):
         """The plugin's :meth:`~.plugin.BasePlugin.example_request` for the loaded model, checked, or None."""
@@ -174,16 +198,62 @@ class Scorer:
         response_type = negotiate(accept, self.response_types)
         payload = Payload(body, media_type, params)
         if self.batcher:
-            answer = self._encode(self._predict_batched(payload), response_type)
+            answer = self._encode(self._predict_batched(partial(self.plugin.preprocess, self.model, payload), payload), response_type)
         else:
             answer = self._encode(self._predict_within_timeout(payload), response_type)
             self.on_batch(1)
         return answer, response_type
 
+    def infer(self, request):
+        """Score an Open Inference Protocol request (a :class:`~.v2.InferenceRequest`); returns the model's answer
+        (an array, a DataFrame, a dict of arrays, a list) for :func:`~.v2.from_model_output`.
+
+        The plugin's own V2 method when it has one: ``predict_v2(model, request)`` (the whole request, as the
+        pyfunc plugin takes it), ``preprocess_tensors(model, inputs, parameters)`` (a BatchPlugin: batched with
+        every other request) or ``predict_tensors(model, inputs, parameters)``, where ``inputs`` maps each input's
+        name to its array. Without any: each element of a single BYTES input is a request body, scored as
+        ``/api/predict`` scores it, and their answers are joined.
+        """
+        if not self.ready.is_set():
+            raise NotReady("the model is still loading; retry shortly")
+        plugin, model = self.plugin, self.model
+        inputs, parameters = {tensor.name: tensor.data for tensor in request.inputs}, request.params
+        if callable(getattr(plugin, "predict_v2", None)):
+            return self._within_timeout(partial(self._timed, partial(plugin.predict_v2, model, request)))
+        if callable(getattr(plugin, "preprocess_tensors", None)):
+            decode = partial(plugin.preprocess_tensors, model, inputs, parameters)
+            if self.batcher:
+                return self._predict_batched(decode)
+            return self._within_timeout(partial(self._timed, lambda: plugin.postprocess(model, plugin.run_batch(model, [decode()])[0])))
+        if callable(getattr(plugin, "predict_tensors", None)):
+            return self._within_timeout(partial(self._timed, partial(plugin.predict_tensors, model, inputs, parameters)))
+        return self._infer_bodies(request)
+
+    def _infer_bodies(self, request):
+        """A plugin that declares no V2 method: each element of one BYTES input scored as a request body."""
+        import numpy as np
+
+        bodies = request.inputs[0].data.reshape(-1) if len(request.inputs) == 1 and request.inputs[0].datatype == "BYTES" else None
+        if bodies is None or not len(bodies):
+            raise InvalidInput(f"plugin {type(self.plugin).__name__} takes V2 requests as one BYTES input holding request"
+                               " bodies (it declares no predict_tensors)")
+        media_type = next((t for t in self.request_types if "*" not in t), "application/octet-stream")
+        payloads = [Payload(body if isinstance(body, bytes) else body.encode(), media_type, {}) for body in bodies]
+        if self.batcher:  # every body queued at once: they share model calls
+            futures = [self._submit(partial(self.plugin.preprocess, self.model, payload), payload) for payload in payloads]
+            answers = [self._batch_result(future, payload) for future, payload in zip(futures, payloads)]
+        else:
+            answers = [self._predict_within_timeout(payload) for payload in payloads]
+        answers = [json.loads(a) if isinstance(a, (str, bytes)) else a for a in answers]
+        arrays = [np.asarray(a) for a in answers]
+        return arrays[0] if len(arrays) == 1 else np.concatenate([a.reshape((1,) if a.ndim == 0 else a.shape) for a in arrays])
+
     def _predict_within_timeout(self, payload):
+        return self._within_timeout(partial(self._timed, partial(self.plugin.predict, self.model, payload), payload))
+
+    def _within_timeout(self, predict):
         """The main thread (the worker answering a request that arrived whole, or one command) predicts
         itself under a SIGALRM deadline; other threads hand the call to the model thread."""
-        predict = partial(self._predict, payload)
         if not self.timeout:
             with self.model_lock:
                 return predict()
@@ -197,19 +267,25 @@ class Scorer:
                 logger.warning("a prediction was stopped at the request timeout")
                 raise too_slow(self.timeout) from None
 
-    def _predict(self, payload):
+    def _timed(self, call, payload=None):
         started = time.perf_counter()
         try:
             with self._plugin_errors(payload):
-                return self.plugin.predict(self.model, payload)
+                return call()
         finally:  # one prediction at a time: no lock needed
             seconds = time.perf_counter() - started
             self.recent_seconds = seconds if self.recent_seconds is None else 0.8 * self.recent_seconds + 0.2 * seconds
 
-    def _predict_batched(self, payload):
+    def _predict_batched(self, decode, payload=None):
         """Preprocess here, share a model call with other requests, postprocess here; the timeout bounds the wait."""
+        return self._batch_result(self._submit(decode, payload), payload)
+
+    def _submit(self, decode, payload):
         with self._plugin_errors(payload):
-            future = self.batcher.submit(partial(self.plugin.preprocess, self.model, payload))
+            return self.batcher.submit(decode)
+
+    def _batch_result(self, future, payload):
+        with self._plugin_errors(payload):
             try:
                 output = future.result(timeout=self.timeout)
             except TimeoutError:
@@ -225,11 +301,12 @@ class Scorer:
         except ScoringError:
             raise
         except Exception as e:
-            malformed = diagnose(payload)
+            malformed = diagnose(payload) if payload is not None else None
             if malformed is not None:
                 logger.info("plugin refused a malformed %s body: %s", payload.media_type, malformed.message)
                 raise malformed from e
-            logger.exception("plugin %s failed on a %s request", type(self.plugin).__name__, payload.media_type)
+            logger.exception("plugin %s failed on a %s request", type(self.plugin).__name__,
+                             payload.media_type if payload is not None else "V2")
             raise ScoringError("the plugin failed to score this request; the server log has the details") from e
 
     def _encode(self, result, response_type):

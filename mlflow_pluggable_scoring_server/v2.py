@@ -16,12 +16,11 @@ import binascii
 import json
 import math
 import struct
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-import pandas as pd
-from mlflow.types.schema import DataType, TensorSpec
 
 from .decoders import read_json
 from .errors import InvalidInput, ScoringError
@@ -46,11 +45,12 @@ _JSON_KINDS = {"BOOL": "true or false", "BYTES": "strings", "FP16": "numbers", "
 RESERVED_PARAMETERS = frozenset({"content_type", "headers", "binary_data_output", "binary_data_size",
                                  "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"})
 
-# MLServer's mapping of MLflow column types: (V2 datatype, MLServer content type).
+# MLServer's mapping of MLflow column types (mlflow.types.DataType names): (V2 datatype, MLServer content type).
+# MLflow and pandas are imported only when a signature or a table is handled: a worker that
+# serves V2 through its plugin's tensors alone (the ONNX sample) never imports them.
 _COLUMN_TYPES = {
-    DataType.boolean: ("BOOL", "np"), DataType.integer: ("INT32", "np"), DataType.long: ("INT64", "np"),
-    DataType.float: ("FP32", "np"), DataType.double: ("FP64", "np"), DataType.string: ("BYTES", "str"),
-    DataType.binary: ("BYTES", "base64"), DataType.datetime: ("BYTES", "datetime"),
+    "boolean": ("BOOL", "np"), "integer": ("INT32", "np"), "long": ("INT64", "np"), "float": ("FP32", "np"),
+    "double": ("FP64", "np"), "string": ("BYTES", "str"), "binary": ("BYTES", "base64"), "datetime": ("BYTES", "datetime"),
 }
 SINGLE_OUTPUT_NAME = "output-1"  # what MLServer names an array, Series or list answer
 
@@ -346,15 +346,19 @@ def _to_binary(array, datatype):
 
 def _spec_types(spec):
     """(V2 datatype, MLServer content type) of one MLflow column or tensor spec."""
+    from mlflow.types.schema import DataType, TensorSpec
+
     if isinstance(spec, TensorSpec):
         return datatype_of(spec.type) or "BYTES", "np"
     if isinstance(spec.type, DataType):
-        return _COLUMN_TYPES[spec.type]
+        return _COLUMN_TYPES[spec.type.name]
     return "BYTES", "pd_json"  # Array, Object, Map, Any: JSON text
 
 
 def _metadata_tensor(spec, name):
     datatype, content_type = _spec_types(spec)
+    from mlflow.types.schema import TensorSpec
+
     shape = list(spec.shape) if isinstance(spec, TensorSpec) else [-1, 1]  # a column: N rows of one value
     return {"name": name, "datatype": datatype, "shape": shape, "parameters": {"content_type": content_type}}
 
@@ -427,6 +431,8 @@ def _column(tensor, content_type):
     what = f"input {_quote(tensor.name)}"
     if not tensor.shape or tensor.data.size != tensor.shape[0]:
         raise InvalidInput(f"{what}: a column takes shape [N] or [N, 1]")
+    import pandas as pd
+
     values = tensor.data.reshape(-1)
     if tensor.datatype != "BYTES":
         return pd.Series(values)
@@ -438,6 +444,8 @@ def _frame(request, column_types):
     rows = {tensor.shape[0] for tensor in request.inputs if tensor.shape}
     if len(rows) > 1:
         raise InvalidInput("the inputs are the columns of one table: they must all have the same number of rows")
+    import pandas as pd
+
     columns = {tensor.name: _column(tensor, tensor.parameters.get("content_type") or column_types.get(tensor.name))
                for tensor in request.inputs}
     return pd.DataFrame(columns)
@@ -485,12 +493,13 @@ def from_model_output(output):
     A DataFrame gives one output per column and a dict one per key; an array, Series, list or
     scalar gives SINGLE_OUTPUT_NAME. Arrays of fewer than 2 dimensions get a trailing one.
     """
-    if isinstance(output, pd.DataFrame):
+    pd = sys.modules.get("pandas")  # an answer cannot be a DataFrame unless pandas was imported
+    if pd is not None and isinstance(output, pd.DataFrame):
         named = [(str(column), output[column].to_numpy()) for column in output.columns]
     elif isinstance(output, dict):
         named = [(str(key), value) for key, value in output.items()]
     else:
-        named = [(SINGLE_OUTPUT_NAME, output.to_numpy() if isinstance(output, pd.Series) else output)]
+        named = [(SINGLE_OUTPUT_NAME, output.to_numpy() if pd is not None and isinstance(output, pd.Series) else output)]
     try:
         return [(name, _with_batch_dimension(np.asarray(value))) for name, value in named]
     except ValueError:  # ragged lists

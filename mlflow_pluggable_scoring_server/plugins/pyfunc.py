@@ -70,6 +70,27 @@ class PyfuncPlugin(BasePlugin):
     def response_content_types(self):
         return ["application/json"]
 
+    def predict_v2(self, model, request):
+        """An Open Inference Protocol request, turned into the model input MLServer's MLflow runtime builds
+        (a DataFrame for a column signature, an array or a dict of arrays for tensors); its parameters are
+        pyfunc ``params``. Returns the model's answer."""
+        from mlflow.exceptions import MlflowException
+
+        from ..v2 import to_model_input
+
+        data, params = to_model_input(request, model.pyfunc.metadata.signature)
+        try:
+            return model.pyfunc.predict(data, params=params)
+        except MlflowException as e:
+            values = json.dumps([tensor.data.reshape(-1).tolist() for tensor in request.inputs], default=str).encode()
+            message = safe_message(e, values, model.names)
+            logger.info("MLflow refused a V2 request: %s", message)
+            raise ScoringError(message, e.get_http_status_code(), e.error_code) from e
+
+    def signature(self, model):
+        """The model's MLflow signature: the V2 metadata's inputs and outputs."""
+        return model.pyfunc.metadata.signature
+
     def example_request(self, model):
         """The input example saved with the model, as `mlflow models serve` takes it."""
         from mlflow.models.utils import convert_input_example_to_serving_input

@@ -8,7 +8,7 @@ column is ignored. The response is one predicted quality per row. It can batch: 
 
 from typing import NamedTuple
 
-from mlflow_pluggable_scoring_server.decoders import read_split_frame
+from mlflow_pluggable_scoring_server.decoders import read_split_frame, read_tensor_columns
 from mlflow_pluggable_scoring_server.models import fetch_model, serving_example
 from mlflow_pluggable_scoring_server.plugin import BatchPlugin
 
@@ -28,6 +28,10 @@ class Plugin(BatchPlugin):
 
     def preprocess(self, model, data):
         return read_split_frame(data, columns=model.features)
+
+    def preprocess_tensors(self, model, inputs, parameters):
+        # Open Inference Protocol (V2) requests: one input per feature column, batched with the others.
+        return read_tensor_columns(inputs, model.features)
 
     def inference(self, model, batch):
         return model.forest.predict(batch)

@@ -8,7 +8,7 @@ serving a local model never imports MLflow, so it starts sooner and takes less m
 
 from typing import NamedTuple
 
-from mlflow_pluggable_scoring_server.decoders import read_split_frame
+from mlflow_pluggable_scoring_server.decoders import read_split_frame, read_tensor_columns
 from mlflow_pluggable_scoring_server.models import read_model
 from mlflow_pluggable_scoring_server.plugin import BatchPlugin
 
@@ -33,6 +33,10 @@ class Plugin(BatchPlugin):
 
     def preprocess(self, model, data):
         return read_split_frame(data, columns=model.features, dtype="float32")
+
+    def preprocess_tensors(self, model, inputs, parameters):
+        # Open Inference Protocol (V2) requests: one input per feature column, batched with the others.
+        return read_tensor_columns(inputs, model.features, dtype="float32")
 
     def inference(self, model, batch):
         return model.session.run(None, {model.input_name: batch})[0].ravel()
