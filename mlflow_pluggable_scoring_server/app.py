@@ -163,7 +163,8 @@ def create_app(scorer, settings, metrics=None, token=None):
             return scoring_error(e)
         return Response(body, status=200, content_type=media_type)
 
-    add_v2_endpoints(app, scorer, settings, lambda: request_body(settings.max_request_bytes), scoring_error)
+    v2_name, v2_metadata = add_v2_endpoints(app, scorer, settings, lambda: request_body(settings.max_request_bytes),
+                                            scoring_error)
 
     @ns.route("/predict")
     class Predict(Resource):
@@ -249,8 +250,10 @@ def create_app(scorer, settings, metrics=None, token=None):
     def swagger():
         if spec:
             return jsonify(spec)
-        document = openapi_spec(api.__schema__, scorer.request_types, scorer.response_types, scorer.example())
-        if scorer.ready.is_set():  # with the model's example: kept
+        ready = scorer.ready.is_set()
+        document = openapi_spec(api.__schema__, scorer.request_types, scorer.response_types, scorer.example(),
+                                (v2_name, v2_metadata() if ready else None))
+        if ready:  # with the model's examples: kept
             spec.update(document)
         return jsonify(document)
 

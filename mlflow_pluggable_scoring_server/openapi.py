@@ -81,9 +81,10 @@ def _operation(op, produces):
     return out
 
 
-def openapi_spec(swagger2, request_types, response_types, example=None):
+def openapi_spec(swagger2, request_types, response_types, example=None, v2=None):
     """The OpenAPI 3.0 document of the API whose Swagger 2.0 document is ``swagger2``;
-    ``example``: a predict body ``(bytes, media type)`` to show, or None."""
+    ``example``: a predict body ``(bytes, media type)`` to show, or None; ``v2``: the model's
+    ``(name, V2 metadata or None)``, to document the V2 endpoints."""
     paths = {}
     for path, item in swagger2.get("paths", {}).items():
         paths[path] = {}
@@ -96,11 +97,102 @@ def openapi_spec(swagger2, request_types, response_types, example=None):
             if predict:
                 operation["requestBody"] = {"required": True, "content": request_content(request_types, example)}
             paths[path][method] = operation
+    if v2:
+        paths.update(v2_paths(*v2))
     return {
         "openapi": "3.0.3",
         "info": swagger2.get("info", {}),
         "servers": [{"url": swagger2.get("basePath", "/")}],
-        "tags": swagger2.get("tags", []),
+        "tags": swagger2.get("tags", []) + ([{"name": "Open Inference Protocol (V2)", "description": "KServe's and Triton's"
+                                               " protocol: tritonclient, the kserve SDK"}] if v2 else []),
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, **(V2_SCHEMAS if v2 else {})}},
     }
+
+
+# The Open Inference Protocol's documents (https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol).
+_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
+                                           "INT64", "FP16", "FP32", "FP64", "BYTES"]},
+    "parameters": {"type": "object"}, "data": {"type": "array", "items": {}}}}
+V2_SCHEMAS = {
+    "V2Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "V2Tensor": _TENSOR,
+    "V2InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
+    "V2InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "parameters": {"type": "object"}, "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}}}},
+    "V2ModelMetadata": {"type": "object", "required": ["name", "platform", "inputs", "outputs"], "properties": {
+        "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+        "platform": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}},
+        "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}}}},
+}
+
+
+def _json(schema, example=None):
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"},
+                                 **({"example": example} if example is not None else {})}}
+
+
+def _v2_errors(*statuses):
+    return {str(s.value): {"description": s.phrase, "content": _json("V2Error", {"error": ERROR_MESSAGES.get(s, s.phrase.lower())})}
+            for s in statuses}
+
+
+def v2_example_request(metadata):
+    """An inference request of one row made from the model's metadata: zeros, empty strings, false."""
+    inputs = []
+    for spec in metadata.get("inputs", []):
+        shape = [1 if dim == -1 else dim for dim in spec["shape"]] or [1]
+        count = 1
+        for dim in shape:
+            count *= dim
+        value = "" if spec["datatype"] == "BYTES" else False if spec["datatype"] == "BOOL" else 0
+        inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"], "data": [value] * count})
+    return {"inputs": inputs}
+
+
+def v2_paths(name, metadata):
+    """The V2 endpoints' operations; ``metadata`` (the model's, or None while it loads) gives the examples."""
+    tag = ["Open Inference Protocol (V2)"]
+    model = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string", "enum": [name]}}
+    version = {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string"}}
+    unavailable = _v2_errors(HTTPStatus.SERVICE_UNAVAILABLE)
+    missing = _v2_errors(HTTPStatus.NOT_FOUND)
+
+    def get(summary, content, errors=None, params=()):
+        return {"get": {"tags": tag, "summary": summary, "parameters": list(params),
+                        "responses": {"200": {"description": "OK", "content": content}, **(errors or {})}}}
+
+    ready = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
+    infer = {"post": {
+        "tags": tag, "summary": "Score tensors (JSON, or binary tensors after a JSON header of "
+                                "Inference-Header-Content-Length bytes)",
+        "requestBody": {"required": True, "content": {
+            **_json("V2InferenceRequest", v2_example_request(metadata) if metadata else None),
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {"200": {"description": "OK", "content": _json("V2InferenceResponse")},
+                      **_v2_errors(HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                   HTTPStatus.INTERNAL_SERVER_ERROR, HTTPStatus.SERVICE_UNAVAILABLE,
+                                   HTTPStatus.GATEWAY_TIMEOUT)}}}
+    paths = {
+        "/v2": get("Server metadata: name, version, extensions", {"application/json": {"schema": {"type": "object"}}}),
+        "/v2/health/live": get("Liveness", {"application/json": {"schema": {
+            "type": "object", "properties": {"live": {"type": "boolean"}}}}}),
+        "/v2/health/ready": get("Readiness: 503 until the model is loaded",
+                                {"application/json": {"schema": ready}}, unavailable),
+    }
+    for prefix, params in (("/v2/models/{model_name}", [model]),
+                           ("/v2/models/{model_name}/versions/{model_version}", [model, version])):
+        paths[prefix] = get("Model metadata: inputs and outputs from the MLflow signature",
+                            _json("V2ModelMetadata", metadata), {**missing, **unavailable}, params)
+        paths[f"{prefix}/ready"] = get("Model readiness", {"application/json": {"schema": ready}},
+                                       {**missing, **unavailable}, params)
+        paths[f"{prefix}/infer"] = {"post": {**infer["post"], "parameters": params}}
+    return paths

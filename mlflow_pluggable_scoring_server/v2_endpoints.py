@@ -31,7 +31,8 @@ def served_name(settings):
 
 def add_v2_endpoints(app, scorer, settings, read_body, on_error):
     """Add the V2 endpoints to ``app``. ``read_body()`` reads a request body within the server's limit;
-    ``on_error(e)`` renders a :class:`ScoringError` (and counts it)."""
+    ``on_error(e)`` renders a :class:`ScoringError` (and counts it). Returns ``(the model's name, a function
+    giving its V2 metadata once it is loaded)``."""
     name = served_name(settings)
     metadata, metadata_lock = {}, threading.Lock()
 
@@ -111,4 +112,4 @@ def add_v2_endpoints(app, scorer, settings, read_body, on_error):
     ]
     for rule, view, method in routes:
         app.add_url_rule(rule, endpoint=f"v2:{rule}", view_func=endpoint(view), methods=[method])
-    return name
+    return name, model_metadata
