@@ -148,8 +148,7 @@ def create_app(scorer, settings, metrics=None, token=None):
         """The answer to a failed scoring request (already logged where it happened), counted."""
         if metrics:
             metrics.prediction_errors.labels(e.error_code).inc()
-        body, status, headers = error_body(e)
-        return jsonify(body), status, headers
+        return error_body(e)  # Flask and Flask-RESTX views alike make the dict JSON
 
     def score():
         """Answer a scoring request: /api/predict and MLflow's /invocations alike."""

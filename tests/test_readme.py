@@ -6,9 +6,9 @@ Each ```bash block is preceded by a marker saying how it is checked:
     <!-- test: ci -->              the test command; .ci/run must run exactly it
     <!-- test: start [slow] -->    commands whose last one starts a server; run with --port until ready
                                    (slow: it may first build an environment, or start Spark)
-    <!-- test: curl SAMPLE [TOL] --> curl calls against the server the README starts for SAMPLE
-                                   (see SAMPLE_COMMANDS); output compared with the block after it
-                                   (numbers to TOL, by default 1e-5)
+    <!-- test: curl SAMPLE [TOL] --> curl calls (or `python` client scripts given 127.0.0.1:5005) against
+                                   the server the README starts for SAMPLE (see SAMPLE_COMMANDS); output
+                                   compared with the block after it (numbers to TOL, by default 1e-5)
     <!-- test: curl-keys SAMPLE --> the same, comparing only the JSON keys
     <!-- test: run [slow] -->      run as it is; must exit 0, and print what the ```text block after
                                    it shows (timings aside)
@@ -39,6 +39,7 @@ from conftest import ROOT, WINE_JSON, Server, free_port
 README = ROOT / "README.md"
 MARKER = re.compile(r"<!-- test: (\S+)(?: (\S+))?(?: (\S+))? -->")
 DEFAULT_URL = "http://127.0.0.1:5005"
+DEFAULT_ADDRESS = DEFAULT_URL.removeprefix("http://")
 SERVE = "python -m mlflow_pluggable_scoring_server.webserver "
 # The README's own command serving each sample that curl examples name.
 SAMPLE_COMMANDS = {
@@ -187,9 +188,9 @@ def check_curl_block(block, server):
     assert expected is not None, f"curl block at line {line} shows no output"
     outputs = []
     for command in commands:
-        assert command.startswith("curl ") and DEFAULT_URL in command
-        proc = subprocess.run(["bash", "-c", command.replace(DEFAULT_URL, server.url)], capture_output=True, text=True,
-                              cwd=ROOT, env=shell_env(), timeout=60)
+        assert command.startswith(("curl ", "python ")) and DEFAULT_ADDRESS in command  # curl, or a client script
+        command = command.replace(DEFAULT_ADDRESS, server.url.removeprefix("http://"))
+        proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, env=shell_env(), timeout=60)
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout.strip())
     # One command: its whole output is the block; several: a line of the block each.
