@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
 from .errors import InvalidInput, NotReady, ScoringError, Unauthorized
-from .openapi import openapi_spec
+from .openapi import ModelDoc, openapi_spec
 from .v2_endpoints import add_v2_endpoints
 
 logger = logging.getLogger(__name__)
@@ -83,14 +83,15 @@ def endpoint_group(path):
     return "api"
 
 
-def create_app(scorer, settings, metrics=None, token=None):
-    """Build the Flask app serving ``scorer`` with the given :class:`~.config.Settings`.
+def create_app(repository, settings, metrics=None, token=None):
+    """Build the Flask app serving the models of ``repository`` (a :class:`~.repository.Repository`) with the
+    given :class:`~.config.Settings`.
 
     ``metrics``: a :class:`~.metrics.Metrics` to record into and serve at ``/metrics``.
     ``token``: the bearer token callers must send, or None for no auth.
     """
     app = Flask(__name__)
-    app.extensions["mlflow_pss"] = {"scorer": scorer, "settings": settings}  # for the worker: readiness, read timeout
+    app.extensions["mlflow_pss"] = {"repository": repository, "settings": settings}  # for the worker: readiness, read timeout
     app.json.sort_keys = False  # keep the plugin's order of media types in the spec
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
@@ -134,7 +135,8 @@ def create_app(scorer, settings, metrics=None, token=None):
         @app.after_request
         def record(response):
             rule = request.url_rule.rule if request.url_rule else "unmatched"
-            metrics.observe(rule, request.method, response.status_code, time.perf_counter() - g.get("started", time.perf_counter()))
+            metrics.observe(rule, request.method, response.status_code, time.perf_counter() - g.get("started", time.perf_counter()),
+                            g.get("model", ""))
             return response
 
         @app.get("/metrics")
@@ -147,13 +149,19 @@ def create_app(scorer, settings, metrics=None, token=None):
     def scoring_error(e):
         """The answer to a failed scoring request (already logged where it happened), counted."""
         if metrics:
-            metrics.prediction_errors.labels(e.error_code).inc()
+            metrics.prediction_errors.labels(e.error_code, g.get("model", "")).inc()
         return error_body(e)  # Flask and Flask-RESTX views alike make the dict JSON
 
-    def score():
-        """Answer a scoring request: /api/predict and MLflow's /invocations alike."""
+    def served(name=None):
+        """The model a scoring request names (404 for none served here), or the first; noted for the metrics."""
+        model = repository.get(name) if name is not None else repository.default
+        g.model = model.name
+        return model
+
+    def score(model=None):
+        """Answer a scoring request: /api/predict, MLflow's /invocations and their routes per model alike."""
         try:
-            body, media_type = scorer.score(
+            body, media_type = served(model).scorer.score(
                 request_body(settings.max_request_bytes),
                 request.headers.get("Content-Type"),
                 request.headers.get("Accept"),
@@ -162,8 +170,10 @@ def create_app(scorer, settings, metrics=None, token=None):
             return scoring_error(e)
         return Response(body, status=200, content_type=media_type)
 
-    v2_name, v2_metadata = add_v2_endpoints(app, scorer, settings, lambda: request_body(settings.max_request_bytes),
-                                            scoring_error)
+    for rule in ("/api/models/<model>/predict", "/invocations/<model>"):  # documented in openapi.py, per model
+        app.add_url_rule(rule, endpoint=rule, view_func=score, methods=["POST"])
+    v2_metadata = add_v2_endpoints(app, repository, served, lambda: request_body(settings.max_request_bytes),
+                                   scoring_error)
 
     @ns.route("/predict")
     class Predict(Resource):
@@ -177,8 +187,9 @@ def create_app(scorer, settings, metrics=None, token=None):
 
     @ns.route("/status")
     class Status(Resource):
-        @ns.doc(description="Process, plugin and model of the worker that answers.")
+        @ns.doc(description="Process, plugins and models of the worker that answers.")
         def get(self):
+            default = repository.default
             return {
                 "system": {
                     "pid": os.getpid(),
@@ -188,13 +199,15 @@ def create_app(scorer, settings, metrics=None, token=None):
                     "current_logging_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
                 },
                 "server": {"version": __version__, "workers": settings.workers},
+                # The first model's, as in 2020; "models" has them all.
                 "plugin": {
-                    "file": settings.plugin,
-                    "class": settings.plugin_class,
-                    "request_content_types": scorer.request_types,
-                    "response_content_types": scorer.response_types,
+                    "file": default.settings.plugin,
+                    "class": default.settings.plugin_class,
+                    "request_content_types": default.scorer.request_types,
+                    "response_content_types": default.scorer.response_types,
                 },
-                "model": {"uri": settings.model_uri, "ready": scorer.ready.is_set()},
+                "model": {"uri": default.uri, "ready": default.ready},
+                "models": [model.status() for model in repository],
             }
 
     @ns.route("/health/live")
@@ -205,7 +218,7 @@ def create_app(scorer, settings, metrics=None, token=None):
 
     def when_ready(answer):
         """``answer`` once the model is loaded; before, the 503 that tells a load balancer to wait."""
-        return answer if scorer.ready.is_set() else error_body(NotReady("the model is still loading"))
+        return answer if repository.ready else error_body(NotReady("the model is still loading"))
 
     @ns.route("/health/ready")
     class Ready(Resource):
@@ -249,9 +262,11 @@ def create_app(scorer, settings, metrics=None, token=None):
     def swagger():
         if spec:
             return jsonify(spec)
-        ready = scorer.ready.is_set()
-        document = openapi_spec(api.__schema__, scorer.request_types, scorer.response_types, scorer.example(),
-                                (v2_name, v2_metadata() if ready else None))
+        ready = repository.ready
+        models = [ModelDoc(model.name, model.scorer.request_types, model.scorer.response_types,
+                           model.scorer.example() if ready else None, v2_metadata(model) if ready else None)
+                  for model in repository]
+        document = openapi_spec(api.__schema__, models)
         if ready:  # with the model's examples: kept
             spec.update(document)
         return jsonify(document)

@@ -7,11 +7,12 @@ they cannot drift apart. A bad value stops start-up with one line naming the key
 """
 
 import argparse
+import logging
 import os
 import re
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
 from .envs import ENV_MANAGERS, default_env_manager
@@ -64,6 +65,26 @@ class LoggingSettings(BaseModel):
         return value.upper()
 
 
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a name in URL paths
+# The keys a model of ``models:`` takes besides its name and URI; those it leaves out come from the top level.
+MODEL_KEYS = ("plugin", "plugin_class", "plugin_options", "packages", "max_batch_size", "max_batch_time_ms")
+
+
+class ModelSettings(BaseModel):
+    """One served model: its name, its URI, its plugin and its batching."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=MODEL_NAME)
+    model_uri: str = Field(min_length=1)
+    plugin: str = Field(DEFAULT_PLUGIN, min_length=1)
+    plugin_class: str = Field(DEFAULT_PLUGIN_CLASS, min_length=1)
+    plugin_options: dict[str, Any] = Field(default_factory=dict)
+    packages: Annotated[list[str], CommaList] = Field(default_factory=list)
+    max_batch_size: Optional[Int] = Field(None, ge=1)
+    max_batch_time_ms: Optional[Number] = Field(None, ge=0, le=60_000)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -112,6 +133,17 @@ class Settings(BaseModel):
     public_endpoints: Annotated[list[Literal[ENDPOINT_GROUPS]], CommaList] = setting(
         lambda: ["health"], "With auth on, the endpoint groups open without a token: `health`, `metrics`, `docs`.",
         shown="`[health]`")
+    models: list[ModelSettings] = setting(
+        list, "Several models in one server: a list of mappings, each with `name`, `model_uri` and any of `plugin`,"
+        " `plugin_class`, `plugin_options`, `packages`, `max_batch_size`, `max_batch_time_ms` (by default the top"
+        " level's). Instead of `model_uri`. See [Serving several models](#serving-several-models).", shown="", flag=False)
+    registry_poll_seconds: Optional[Number] = setting(
+        None, "Every this many seconds, each worker looks up the version a `models:/name@alias`, `/latest` or"
+        " `/Stage` URI points at, and switches to a new one with no failed request. See"
+        " [Following the registry](#following-the-registry).", shown="off", gt=0)
+    model_repository: bool = setting(
+        False, "Enable the V2 model repository extension: `POST /v2/repository/index`, `.../models/NAME/load` and"
+        " `.../unload` (behind the token when auth is on).")
     logging: LoggingSettings = setting(
         LoggingSettings, "`level` and `format` (Python `logging` format) for the server's and gunicorn's logs."
         " At `DEBUG`, every request is logged too.", shown="`INFO`", flag=False)
@@ -123,6 +155,59 @@ class Settings(BaseModel):
         if bad:
             raise ValueError("option names must be Python identifiers")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_inherit_the_top_level(cls, data):
+        """A model of ``models:`` takes the top level's plugin and batching keys it does not give."""
+        if isinstance(data, dict) and isinstance(data.get("models"), list):
+            inherited = {key: data[key] for key in MODEL_KEYS if key in data}
+            data = {**data, "models": [{**inherited, **m} if isinstance(m, dict) else m for m in data["models"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self):
+        if self.models and self.model_uri:
+            raise ValueError("give model_uri (one model) or models (several), not both")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("two models have the same name")
+        return self
+
+    def served_models(self):
+        """The models to serve, as :class:`ModelSettings`: ``models``, or the one of ``model_uri``."""
+        from .models import model_name
+
+        if self.models:
+            return list(self.models)
+        # Not validated again: a registered model's name may hold characters a models: entry's may not.
+        return [ModelSettings.model_construct(name=self.model_name or model_name(self.model_uri), model_uri=self.model_uri,
+                                              **{key: getattr(self, key) for key in MODEL_KEYS})]
+
+    def all_packages(self):
+        """Every model's packages in one list: the models share one environment (and say so). StartupError when
+        two models pin one package differently: one environment cannot hold both."""
+        from packaging.requirements import InvalidRequirement, Requirement
+        from packaging.utils import canonicalize_name
+
+        merged, by_name = [], {}
+        for model in self.served_models():
+            for package in model.packages:
+                if package in merged:
+                    continue
+                try:
+                    name = canonicalize_name(Requirement(package).name)
+                except InvalidRequirement:  # a path or a URL: the package manager says what is wrong
+                    name = package
+                if name in by_name:
+                    raise StartupError(f"models need both {by_name[name]} and {package}: one environment cannot hold"
+                                       " both; serve them from two servers")
+                by_name[name] = package
+                merged.append(package)
+        if merged and len(self.models) > 1:
+            logging.getLogger(__name__).warning("the models share one environment with their packages merged: %s",
+                                                ", ".join(merged))
+        return merged
 
     def auth_token(self):
         """The bearer token from AUTH_TOKEN_ENV or auth_token_file, or None when auth is off."""
@@ -307,9 +392,10 @@ def build_settings(conf_path=None, **overrides):
         settings = Settings(**values)
     except ValidationError as e:
         error = e.errors()[0]
-        key = ".".join(str(part) for part in error["loc"])
-        where = origin.get(error["loc"][0])
-        raise StartupError(f"{key}{f' (from {where})' if where else ''}: {error['msg'].rstrip('.')}") from None
-    if not settings.model_uri:
-        raise StartupError("no model: give --model-uri or 'model_uri' in the conf file")
+        key = ".".join(str(part) for part in error["loc"]) or "settings"
+        where = origin.get(error["loc"][0]) if error["loc"] else None
+        message = error["msg"].removeprefix("Value error, ").rstrip(".")
+        raise StartupError(f"{key}{f' (from {where})' if where else ''}: {message}") from None
+    if not settings.model_uri and not settings.models:
+        raise StartupError("no model: give --model-uri or 'model_uri' (or 'models') in the conf file")
     return settings

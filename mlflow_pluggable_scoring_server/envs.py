@@ -61,14 +61,18 @@ def prepare_environment(settings, argv):
     """
     if os.environ.get(INSIDE_VAR):
         return
-    model_requirements = read_model_requirements(settings.model_uri) if settings.install_model_requirements else []
-    requirements = settings.packages + model_requirements
+    packages = settings.all_packages()
+    model_requirements = []
+    if settings.install_model_requirements:
+        for model in settings.served_models():
+            model_requirements += [r for r in read_model_requirements(model.model_uri) if r not in model_requirements]
+    requirements = packages + model_requirements
     if not requirements:
         return
     if settings.env_manager == "local":
         install_packages(requirements)
         return
-    env = ensure_environment(settings.env_manager, settings.packages, model_requirements)
+    env = ensure_environment(settings.env_manager, packages, model_requirements)
     python = str(env_python(env))
     logger.info("starting the server in %s", env)
     os.environ[INSIDE_VAR] = str(env)

@@ -50,24 +50,36 @@ class Metrics:
     """
 
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = None if os.environ.get(MULTIPROC_ENV) else CollectorRegistry()
-        self.requests = Counter("scoring_requests_total", "HTTP requests answered.", ["endpoint", "method", "status"],
-                                registry=self.registry)
+        # "model": the model a scoring request went to ("" for the other endpoints).
+        self.requests = Counter("scoring_requests_total", "HTTP requests answered.",
+                                ["endpoint", "method", "status", "model"], registry=self.registry)
         self.latency = Histogram(
-            "scoring_request_duration_seconds", "Time to answer an HTTP request.", ["endpoint", "method"],
+            "scoring_request_duration_seconds", "Time to answer an HTTP request.", ["endpoint", "method", "model"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
         self.prediction_errors = Counter("scoring_prediction_errors_total", "Predictions answered with an error.",
-                                         ["error_code"], registry=self.registry)
-        self.batch_size = Histogram("scoring_batch_size", "Requests merged into one model call.",
+                                         ["error_code", "model"], registry=self.registry)
+        self.batch_size = Histogram("scoring_batch_size", "Requests merged into one model call.", ["model"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        # 1 for the version each model is served at (by any live worker: during a rollout, both).
+        self.model_info = Gauge("scoring_model_info", "The model versions served.", ["model", "version"],
+                                multiprocess_mode="livemax", registry=self.registry)
+        self.rollout_failures = Counter("scoring_rollout_failures_total", "New registry versions not switched to.",
+                                        ["model"], registry=self.registry)
 
-    def observe(self, endpoint, method, status, seconds):
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.latency.labels(endpoint, method).observe(seconds)
+    def observe(self, endpoint, method, status, seconds, model=""):
+        self.requests.labels(endpoint, method, str(status), model).inc()
+        self.latency.labels(endpoint, method, model).observe(seconds)
+
+    def serving(self, model, version, previous=None):
+        """Say that ``model`` is served at ``version`` (None: no registry version), and no longer at ``previous``."""
+        if previous is not None and previous != version:
+            self.model_info.labels(model, str(previous)).set(0)
+        self.model_info.labels(model, str(version or "")).set(1)
 
     def render(self):
         """The text exposition of every worker's samples, and its content type."""

@@ -13,6 +13,7 @@ UNDESCRIBED_PATHS = ("/ping", "/health", "/version")
 
 import json
 from http import HTTPStatus
+from typing import NamedTuple
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -81,35 +82,53 @@ def _operation(op, produces):
     return out
 
 
-def openapi_spec(swagger2, request_types, response_types, example=None, v2=None):
-    """The OpenAPI 3.0 document of the API whose Swagger 2.0 document is ``swagger2``;
-    ``example``: a predict body ``(bytes, media type)`` to show, or None; ``v2``: the model's
-    ``(name, V2 metadata or None)``, to document the V2 endpoints."""
+class ModelDoc(NamedTuple):
+    """What the document says of one served model."""
+
+    name: str
+    request_types: list
+    response_types: list
+    example: tuple = None  # a predict body (bytes, media type), or None
+    v2_metadata: dict = None  # its V2 metadata, or None while it loads
+
+
+def openapi_spec(swagger2, models):
+    """The OpenAPI 3.0 document of the API whose Swagger 2.0 document is ``swagger2``, serving ``models``
+    (:class:`ModelDoc`, the first answering the routes that name no model): each model's predict routes with
+    its own media types and example, and the V2 endpoints."""
     paths = {}
     for path, item in swagger2.get("paths", {}).items():
         paths[path] = {}
         for method, op in item.items():
             if method == "parameters":
                 continue
-            predict = path in SCORING_PATHS and method == "post"
-            produces = response_types if predict else [] if path in UNDESCRIBED_PATHS else ["application/json"]
-            operation = _operation(op, produces)
-            if predict:
-                operation["requestBody"] = {"required": True, "content": request_content(request_types, example)}
-            paths[path][method] = operation
-    if v2:
-        paths.update(v2_paths(*v2))
+            if path in SCORING_PATHS and method == "post":
+                paths[path][method] = _predict_operation(op, models[0])
+                for model in models:  # the same route for each model by name
+                    named = "/api/models/{}/predict" if path == "/api/predict" else "/invocations/{}"
+                    paths.setdefault(named.format(model.name), {})[method] = {
+                        **_predict_operation(op, model), "operationId": f"{op.get('operationId', path)}_{model.name}"}
+                continue
+            paths[path][method] = _operation(op, [] if path in UNDESCRIBED_PATHS else ["application/json"])
+    paths.update(v2_paths(models))
     return {
         "openapi": "3.0.3",
         "info": swagger2.get("info", {}),
         "servers": [{"url": swagger2.get("basePath", "/")}],
-        "tags": swagger2.get("tags", []) + ([{"name": "Open Inference Protocol (V2)", "description": "KServe's and Triton's"
-                                               " protocol: tritonclient, the kserve SDK"}] if v2 else []),
+        "tags": swagger2.get("tags", []) + [{"name": V2_TAG, "description": "KServe's and Triton's protocol:"
+                                                                         " tritonclient, the kserve SDK"}],
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA, **(V2_SCHEMAS if v2 else {})}},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, **V2_SCHEMAS}},
     }
 
 
+def _predict_operation(op, model):
+    operation = _operation(op, model.response_types)
+    operation["requestBody"] = {"required": True, "content": request_content(model.request_types, model.example)}
+    return operation
+
+
+V2_TAG = "Open Inference Protocol (V2)"
 # The Open Inference Protocol's documents (https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol).
 _TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
     "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
@@ -158,10 +177,9 @@ def v2_example_request(metadata):
     return {"inputs": inputs}
 
 
-def v2_paths(name, metadata):
-    """The V2 endpoints' operations; ``metadata`` (the model's, or None while it loads) gives the examples."""
-    tag = ["Open Inference Protocol (V2)"]
-    model = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string", "enum": [name]}}
+def v2_paths(models):
+    """The V2 endpoints' operations, per model; its metadata (None while it loads) gives the examples."""
+    tag = [V2_TAG]
     version = {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string"}}
     unavailable = _v2_errors(HTTPStatus.SERVICE_UNAVAILABLE)
     missing = _v2_errors(HTTPStatus.NOT_FOUND)
@@ -171,28 +189,30 @@ def v2_paths(name, metadata):
                         "responses": {"200": {"description": "OK", "content": content}, **(errors or {})}}}
 
     ready = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
-    infer = {"post": {
-        "tags": tag, "summary": "Score tensors (JSON, or binary tensors after a JSON header of "
-                                "Inference-Header-Content-Length bytes)",
-        "requestBody": {"required": True, "content": {
-            **_json("V2InferenceRequest", v2_example_request(metadata) if metadata else None),
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-        "responses": {"200": {"description": "OK", "content": _json("V2InferenceResponse")},
-                      **_v2_errors(HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                   HTTPStatus.INTERNAL_SERVER_ERROR, HTTPStatus.SERVICE_UNAVAILABLE,
-                                   HTTPStatus.GATEWAY_TIMEOUT)}}}
     paths = {
         "/v2": get("Server metadata: name, version, extensions", {"application/json": {"schema": {"type": "object"}}}),
         "/v2/health/live": get("Liveness", {"application/json": {"schema": {
             "type": "object", "properties": {"live": {"type": "boolean"}}}}}),
-        "/v2/health/ready": get("Readiness: 503 until the model is loaded",
+        "/v2/health/ready": get("Readiness: 503 until every model is loaded",
                                 {"application/json": {"schema": ready}}, unavailable),
     }
-    for prefix, params in (("/v2/models/{model_name}", [model]),
-                           ("/v2/models/{model_name}/versions/{model_version}", [model, version])):
-        paths[prefix] = get("Model metadata: inputs and outputs from the MLflow signature",
-                            _json("V2ModelMetadata", metadata), {**missing, **unavailable}, params)
-        paths[f"{prefix}/ready"] = get("Model readiness", {"application/json": {"schema": ready}},
-                                       {**missing, **unavailable}, params)
-        paths[f"{prefix}/infer"] = {"post": {**infer["post"], "parameters": params}}
+    for model in models:
+        metadata = model.v2_metadata
+        infer = {"post": {
+            "tags": tag, "summary": f"Score tensors with {model.name} (JSON, or binary tensors after a JSON header of"
+                                   " Inference-Header-Content-Length bytes)",
+            "requestBody": {"required": True, "content": {
+                **_json("V2InferenceRequest", v2_example_request(metadata) if metadata else None),
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"200": {"description": "OK", "content": _json("V2InferenceResponse")},
+                          **_v2_errors(HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                       HTTPStatus.INTERNAL_SERVER_ERROR, HTTPStatus.SERVICE_UNAVAILABLE,
+                                       HTTPStatus.GATEWAY_TIMEOUT)}}}
+        for prefix, params in ((f"/v2/models/{model.name}", []),
+                               (f"/v2/models/{model.name}/versions/{{model_version}}", [version])):
+            paths[prefix] = get(f"{model.name}'s metadata: inputs and outputs from its MLflow signature",
+                                _json("V2ModelMetadata", metadata), {**missing, **unavailable}, params)
+            paths[f"{prefix}/ready"] = get(f"{model.name}'s readiness", {"application/json": {"schema": ready}},
+                                           {**missing, **unavailable}, params)
+            paths[f"{prefix}/infer"] = {"post": {**infer["post"], "parameters": params}}
     return paths

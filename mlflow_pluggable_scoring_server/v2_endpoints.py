@@ -5,6 +5,7 @@ read and written by :mod:`.v2`, the model is called by :meth:`.scoring.Scorer.in
 ``{"error": "..."}`` with their status (see ``app.error_body``), as the protocol says.
 """
 
+import re
 import threading
 from http import HTTPStatus
 
@@ -12,44 +13,46 @@ from flask import Response, jsonify, request
 
 from . import __version__
 from .errors import InvalidInput, NotReady, ScoringError
-from .models import model_name
 
 SERVER_NAME = "mlflow-pluggable-scoring-server"
 EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "mlflow"
+# What a plugin with no V2 method of its own takes (Scorer.infer): one BYTES input, each element a request body.
+BODIES_INPUT = {"name": "input-0", "datatype": "BYTES", "shape": [-1]}
 
 
 class NotFound(ScoringError):
     status_code = HTTPStatus.NOT_FOUND
 
 
-def served_name(settings):
-    """The model's name in V2 paths: ``model_name``, else the registered model's, else ``mlflow-model``."""
-    return settings.model_name or model_name(settings.model_uri)
+def add_v2_endpoints(app, repository, served, read_body, on_error):
+    """Add the V2 endpoints to ``app``, for the models of ``repository``. ``served(name)`` is the model of that
+    name (404 for none), noted for the metrics; ``read_body()`` reads a request body within the server's limit;
+    ``on_error(e)`` renders a :class:`ScoringError` (and counts it). Returns a function giving a served model's
+    V2 metadata once it is loaded."""
+    metadata_lock = threading.Lock()
 
-
-def add_v2_endpoints(app, scorer, settings, read_body, on_error):
-    """Add the V2 endpoints to ``app``. ``read_body()`` reads a request body within the server's limit;
-    ``on_error(e)`` renders a :class:`ScoringError` (and counts it). Returns ``(the model's name, a function
-    giving its V2 metadata once it is loaded)``."""
-    name = served_name(settings)
-    metadata, metadata_lock = {}, threading.Lock()
-
-    def check_model(model, version):
-        if model != name:
-            raise NotFound(f"no such model here; this server serves {name!r}")  # the path is not quoted back
-        if version is not None and version != scorer.version:
+    def loaded(name, version):
+        """The model named ``name``, served at ``version`` if given (a version is known once loaded), and loaded."""
+        model = served(name)
+        scorer = model.scorer
+        if version is not None and scorer.ready.is_set() and version != scorer.version:
             known = f"version {scorer.version}" if scorer.version else "no registry version"
-            raise NotFound(f"model {name!r} has no such version here; it is served at {known}")
+            raise NotFound(f"model {model.name!r} has no such version here; it is served at {known}")
+        return model
 
-    def model_metadata():
+    def model_metadata(model):
         from .v2 import model_metadata as build
 
+        scorer = model.scorer  # a rollout replaces it, and the metadata with it
         with metadata_lock:
-            if not metadata:
-                metadata.update(build(name, [scorer.version] if scorer.version else [], scorer.signature, PLATFORM))
-        return metadata
+            if model.metadata is None or model.metadata[0] is not scorer:
+                metadata = build(model.name, [scorer.version] if scorer.version else [], scorer.signature, PLATFORM)
+                if not scorer.takes_tensors:  # the signature's outputs are still the model's answer
+                    metadata.update(inputs=[BODIES_INPUT], parameters={})
+                model.metadata = (scorer, metadata)
+            return model.metadata[1]
 
     def endpoint(view):
         """A V2 view: what it raises is answered in V2's error shape."""
@@ -68,35 +71,35 @@ def add_v2_endpoints(app, scorer, settings, read_body, on_error):
         return jsonify({"live": True})
 
     def ready():
-        is_ready = scorer.ready.is_set()
+        is_ready = repository.ready
         return jsonify({"ready": is_ready}), 200 if is_ready else 503
 
     def model_ready(model, version=None):
-        check_model(model, version)
-        is_ready = scorer.ready.is_set()
-        return jsonify({"name": name, "ready": is_ready}), 200 if is_ready else 503
+        model = loaded(model, version)
+        return jsonify({"name": model.name, "ready": model.ready}), 200 if model.ready else 503
 
     def model_metadata_view(model, version=None):
-        check_model(model, version)
-        if not scorer.ready.is_set():
+        model = loaded(model, version)
+        if not model.ready:
             raise NotReady("the model is still loading; retry shortly")
-        return jsonify(model_metadata())
+        return jsonify(model_metadata(model))
 
     def infer(model, version=None):
         from .v2 import decode_request, encode_response, from_model_output
 
-        check_model(model, version)
+        model = loaded(model, version)
+        scorer = model.scorer  # this request's, whatever a rollout does meanwhile
         if not scorer.ready.is_set():
             raise NotReady("the model is still loading; retry shortly")
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
-            if not header_length.strip().isdigit():
+            if not re.fullmatch(r"\s*[0-9]+\s*", header_length):  # int() takes other digits, str.isdigit others
                 raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer")
             header_length = int(header_length)
         inference = decode_request(read_body(), header_length)
         outputs = from_model_output(scorer.infer(inference))
-        body, headers = encode_response(name, scorer.version, outputs, id=inference.id, requested=inference.outputs,
-                                        binary_data_output=inference.binary_data_output)
+        body, headers = encode_response(model.name, scorer.version, outputs, id=inference.id,
+                                        requested=inference.outputs, binary_data_output=inference.binary_data_output)
         return Response(body, status=200, headers=headers)
 
     routes = [
@@ -112,4 +115,4 @@ def add_v2_endpoints(app, scorer, settings, read_body, on_error):
     ]
     for rule, view, method in routes:
         app.add_url_rule(rule, endpoint=f"v2:{rule}", view_func=endpoint(view), methods=[method])
-    return name, model_metadata
+    return model_metadata

@@ -90,7 +90,7 @@ def make_server(settings, token):
             # Threads read requests (slow clients hold one each until read_timeout) and encode answers;
             # predictions run in the model's own thread. Batching wants twice a batch: the next batch
             # is decoded while the model scores this one.
-            self.cfg.set("threads", max(READER_THREADS, 2 * settings.max_batch_size))
+            self.cfg.set("threads", max(READER_THREADS, *(2 * (m.max_batch_size or 1) for m in settings.served_models())))
             self.cfg.set("graceful_timeout", math.ceil(settings.graceful_timeout))
             # gunicorn kills a worker silent this long; the request timeout (504) must come first.
             self.cfg.set("timeout", math.ceil(settings.request_timeout) + 30)
@@ -110,44 +110,63 @@ def make_server(settings, token):
 
 
 def load_app(settings, token):
-    """Build the WSGI app in this (worker) process with the plugin imported here, and load the model beside it.
+    """Build the WSGI app in this (worker) process with the plugins imported here, and load the models beside it.
 
-    The app answers at once in-process; the worker takes connections only once the model is
-    loaded. A plugin or a model that cannot be loaded stops the server.
+    The app answers at once in-process; the worker takes connections only once every model is
+    loaded. A plugin or a model that cannot be loaded stops the server, naming the model.
     """
-    try:
-        plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
-    except StartupError as e:
-        stop_worker(f"error: {e}")
-    app, scorer = build_app(settings, plugin, token)
-    threading.Thread(target=load_model, args=(scorer, settings), name="load-model", daemon=True).start()
+    plugins = []
+    for model in settings.served_models():
+        try:
+            plugins.append(load_plugin(model.plugin, model.plugin_class, model.plugin_options))
+        except StartupError as e:
+            stop_worker(f"error: {model_label(settings, model)}{e}")
+    app, repository = build_app(settings, plugins, token)
+    threading.Thread(target=load_models, args=(repository, settings), name="load-models", daemon=True).start()
     return app
 
 
-def build_app(settings, plugin, token):
-    """The WSGI app serving ``plugin`` and its :class:`~.scoring.Scorer`, whose model is not loaded yet."""
+def build_app(settings, plugins, token):
+    """The WSGI app serving each of ``settings.served_models()`` with its plugin (in ``plugins``, in that order),
+    and its :class:`~.repository.Repository`, whose models are not loaded yet."""
     from .app import create_app
     from .decoders import limit_image_pixels
     from .metrics import Metrics
+    from .repository import Repository, ServedModel
     from .scoring import Scorer
 
     limit_image_pixels(settings.max_image_pixels)
     metrics = Metrics()
-    scorer = Scorer(plugin, timeout=settings.request_timeout, max_batch_size=settings.max_batch_size,
-                    max_batch_time_ms=settings.max_batch_time_ms, on_batch=metrics.batch_size.observe)
-    return create_app(scorer, settings, metrics=metrics, token=token), scorer
+    served = []
+    for model, plugin in zip(settings.served_models(), plugins):
+        scorer = Scorer(plugin, timeout=settings.request_timeout, max_batch_size=model.max_batch_size or 1,
+                        max_batch_time_ms=model.max_batch_time_ms or 0,
+                        on_batch=metrics.batch_size.labels(model.name).observe)
+        served.append(ServedModel(model, plugin, scorer))
+    repository = Repository(served)
+    repository.metrics = metrics
+    return create_app(repository, settings, metrics=metrics, token=token), repository
 
 
-def load_model(scorer, settings):
-    try:
-        scorer.load(settings.model_uri)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        logger.debug("load_model traceback", exc_info=True)
-        stop_worker(f"error: plugin {type(scorer.plugin).__name__} cannot load model '{settings.model_uri}': "
-                    f"{type(e).__name__}: {reason}")
-    logger.info("ready: %s serves %s on http://%s:%s", type(scorer.plugin).__name__, settings.model_uri,
-                settings.host, settings.port)
+def model_label(settings, model):
+    """How a start-up error names a model: by name when there are several."""
+    return f"model '{model.name}': " if settings.models else ""
+
+
+def load_models(repository, settings):
+    """Load every model, in order; one that cannot be loaded stops the server."""
+    for served in repository:
+        uri = served.uri
+        try:
+            served.scorer.load(uri)
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            logger.debug("load_model traceback", exc_info=True)
+            stop_worker(f"error: {model_label(settings, served.settings)}plugin {type(served.plugin).__name__} cannot "
+                        f"load model '{uri}': {type(e).__name__}: {reason}")
+        repository.metrics.serving(served.name, served.scorer.version)
+        logger.info("ready: %s serves %s%s on http://%s:%s", type(served.plugin).__name__, uri,
+                    f" as {served.name}" if settings.models else "", settings.host, settings.port)
 
 
 def stop_worker(line):
@@ -166,37 +185,47 @@ def main(argv=None):
             print(settings.as_yaml(), end="")
             return 0
         logging.config.dictConfig(logging_config(settings))
-        check_model_uri(settings.model_uri)
+        for model in settings.served_models():
+            check_model_uri(model.model_uri)
         prepare_environment(settings, argv)  # may re-execute this command in a created environment
         settings, plugin = check_plugin(settings)
         token = settings.auth_token()
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logger.info("mlflow-pluggable-scoring-server %s: plugin %s, model %s", __version__, plugin, settings.model_uri)
+    logger.info("mlflow-pluggable-scoring-server %s: plugin %s, model %s", __version__, plugin,
+                ", ".join(model.model_uri for model in settings.served_models()))
     make_server(settings, token).run()
     return 0
 
 
 def check_plugin(settings):
-    """Load the plugin in a child process, as a worker will: ``(settings with its batching resolved, its name)``.
+    """Load each model's plugin in a child process, as a worker will: ``(settings with each model's batching
+    resolved, the plugins' names)``.
 
     The master never runs plugin code: what a plugin module does when it is imported (a Spark
     session, a connection, a thread) must belong to the worker that uses it, not be shared by
     every worker forked from the master. Raises :class:`StartupError` with the child's reason.
     """
+    models = settings.served_models()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, then leave without running any exit handler of the parent's
         os.close(read_end)
-        try:
-            plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
-            resolved = batch_settings(settings, plugin)
-            report = {"batch": [resolved.max_batch_size, resolved.max_batch_time_ms], "plugin": repr(plugin)}
-        except StartupError as e:
-            report = {"error": str(e)}
-        except BaseException as e:  # noqa: BLE001 -- whatever it is, the parent says it in one line
-            report = {"error": f"plugin '{settings.plugin}' cannot be loaded: {type(e).__name__}: {e}"}
+        report = {"models": []}
+        for model in models:
+            try:
+                plugin = load_plugin(model.plugin, model.plugin_class, model.plugin_options)
+                resolved = batch_settings(model, plugin)
+                report["models"].append({"batch": [resolved.max_batch_size, resolved.max_batch_time_ms],
+                                         "plugin": repr(plugin)})
+            except StartupError as e:
+                report = {"error": f"{model_label(settings, model)}{e}"}
+            except BaseException as e:  # noqa: BLE001 -- whatever it is, the parent says it in one line
+                report = {"error": f"{model_label(settings, model)}plugin '{model.plugin}' cannot be loaded: "
+                                   f"{type(e).__name__}: {e}"}
+            if "error" in report:
+                break
         with os.fdopen(write_end, "w") as out:
             json.dump(report, out)
         os._exit(0)
@@ -204,11 +233,20 @@ def check_plugin(settings):
     with os.fdopen(read_end) as answer:
         text = answer.read()
     os.waitpid(pid, 0)
-    report = json.loads(text) if text else {"error": f"plugin '{settings.plugin}' cannot be loaded: its import ended the process"}
+    report = json.loads(text) if text else {"error": "a plugin cannot be loaded: its import ended the process"}
     if "error" in report:
         raise StartupError(report["error"].splitlines()[0] if report["error"] else "the plugin cannot be loaded")
-    size, wait = report["batch"]
-    return settings.model_copy(update={"max_batch_size": size, "max_batch_time_ms": wait}), report["plugin"]
+    resolved = [model.model_copy(update={"max_batch_size": m["batch"][0], "max_batch_time_ms": m["batch"][1]})
+                for model, m in zip(models, report["models"])]
+    return with_models(settings, resolved), ", ".join(m["plugin"] for m in report["models"])
+
+
+def with_models(settings, models):
+    """``settings`` serving ``models`` (its served models, their batching resolved)."""
+    if not settings.models:  # one model: its batching is the top level's
+        return settings.model_copy(update={"max_batch_size": models[0].max_batch_size,
+                                           "max_batch_time_ms": models[0].max_batch_time_ms})
+    return settings.model_copy(update={"models": models})
 
 
 if __name__ == "__main__":

@@ -140,6 +140,14 @@ class DeadlineSocket:
         return getattr(self._sock, name)
 
 
+def quick(model):
+    """Whether the requests of ``model`` (a :class:`~.repository.ServedModel`) may be answered on the main thread:
+    its recent predictions were quick, it does not batch, and it is not predicting now."""
+    scorer = model.scorer
+    recent = scorer.recent_seconds  # None before the first prediction: unknown, so not quick
+    return scorer.max_batch_size == 1 and recent is not None and recent < INLINE_MAX_SECONDS and not scorer.model_lock.locked()
+
+
 def arrived_whole(conn):
     """Whether a keep-alive connection holds a whole request already (head and Content-Length body, no chunks)."""
     if conn.parser is None or conn.parser.unreader.buf.tell():
@@ -180,7 +188,7 @@ class ScoringWorker(ThreadWorker):
 
     @property
     def scoring(self):
-        """The app's scorer and settings (see app.create_app)."""
+        """The app's repository of models and its settings (see app.create_app)."""
         return self.wsgi.extensions["mlflow_pss"]
 
     def run(self):
@@ -192,9 +200,9 @@ class ScoringWorker(ThreadWorker):
             metrics.cleanup_orphaned()
 
     def wait_for_model(self):
-        """Take no connection before the model is loaded; meanwhile tell the master we are alive."""
-        ready = self.scoring["scorer"].ready
-        while not ready.wait(0.5):
+        """Take no connection before every model is loaded; meanwhile tell the master we are alive."""
+        repository = self.scoring["repository"]
+        while not repository.wait_ready(0.5):
             self.notify()
             if not self.alive or not self.is_parent_alive():
                 return False
@@ -273,12 +281,9 @@ class ScoringWorker(ThreadWorker):
         """A keep-alive connection has data. A request that has arrived whole and is quick to answer is
         answered right here, on the main thread: no hand-off to a thread and back, as fast as gunicorn's
         sync worker. Any other request goes to the threads, which may wait for the rest of it."""
-        scorer = self.scoring["scorer"]
-        # Only for quick predictions, one at a time (not batching): while the main thread predicts,
-        # every other connection waits, health checks included.
-        recent = scorer.recent_seconds  # None before the first prediction: unknown, so not quick
-        quick = scorer.max_batch_size == 1 and recent is not None and recent < INLINE_MAX_SECONDS
-        if not (quick and not scorer.model_lock.locked() and arrived_whole(conn)):
+        # Only while every model predicts quickly, one at a time (not batching): while the main thread
+        # predicts, every other connection waits, health checks included.
+        if not (all(map(quick, self.scoring["repository"])) and arrived_whole(conn)):
             return super().on_client_socket_readable(conn, client)
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)

@@ -163,7 +163,7 @@ class App:
     def __init__(self, args, env=None, wait=True):
         from mlflow_pluggable_scoring_server.batching import batch_settings
         from mlflow_pluggable_scoring_server.plugin import load_plugin
-        from mlflow_pluggable_scoring_server.webserver import args_settings, build_app, parse_args
+        from mlflow_pluggable_scoring_server.webserver import args_settings, build_app, parse_args, with_models
 
         self.env = env
         self._log = io.StringIO()
@@ -174,9 +174,11 @@ class App:
             logging.getLogger().setLevel(logging.INFO)
         with environment(env):
             settings = args_settings(parse_args([str(a) for a in args]))
-            plugin = load_plugin(settings.plugin, settings.plugin_class, settings.plugin_options)
-            self.settings = batch_settings(settings, plugin)
-            self.app, self.scorer = build_app(self.settings, plugin, self.settings.auth_token())
+            models = settings.served_models()
+            plugins = [load_plugin(m.plugin, m.plugin_class, m.plugin_options) for m in models]
+            self.settings = with_models(settings, [batch_settings(m, p) for m, p in zip(models, plugins)])
+            self.app, self.repository = build_app(self.settings, plugins, self.settings.auth_token())
+        self.scorer = self.repository.default.scorer  # the first model's
         self.failure = None
         self._loading = threading.Thread(target=self._load, daemon=True)
         self._loading.start()
@@ -186,7 +188,8 @@ class App:
     def _load(self):
         try:
             with environment(self.env):
-                self.scorer.load(self.settings.model_uri)
+                for served in self.repository:
+                    served.scorer.load(served.uri)
         except Exception as e:  # a worker would exit; here the test that waits for the model fails
             self.failure = e
 
@@ -194,7 +197,7 @@ class App:
         self._loading.join(timeout)
         if self.failure:
             raise AssertionError(f"the model did not load: {self.failure!r}") from self.failure
-        assert self.scorer.ready.is_set(), f"model not loaded after {timeout} s"
+        assert self.repository.ready, f"models not loaded after {timeout} s"
         return self
 
     def request(self, method, path, data=None, headers=None, timeout=None):

@@ -57,12 +57,12 @@ def test_plugin_options_must_be_key_value():
         ("- a\n- b\n", "must be a mapping"),
         ("plugn: x.py\n", "unknown key(s) plugn"),
         ("port: high\n", "port (from conf file '{path}'): Input should be a valid integer"),
-        ("logging: {level: LOUD}\nplugin: x\nmodel_uri: y\n", "logging.level (from conf file '{path}'): Value error, should be one of DEBUG"),
+        ("logging: {level: LOUD}\nplugin: x\nmodel_uri: y\n", "logging.level (from conf file '{path}'): should be one of DEBUG"),
         # Values of the wrong type or out of bounds, each named with where it came from.
         ("model_uri: 5\n", "model_uri (from conf file '{path}'): Input should be a valid string"),
         ("model_uri: m\nplugin_class: 5\n", "plugin_class (from conf file '{path}'): Input should be a valid string"),
         ("model_uri: m\nhost: [1, 2]\n", "host (from conf file '{path}'): Input should be a valid string"),
-        ("model_uri: m\nworkers: true\n", "workers (from conf file '{path}'): Value error, Input should be a number"),
+        ("model_uri: m\nworkers: true\n", "workers (from conf file '{path}'): Input should be a number"),
         ("model_uri: m\nport: 70000\n", "port (from conf file '{path}'): Input should be less than or equal to 65535"),
         ("model_uri: m\npublic_endpoints: [admin]\n", "public_endpoints.0 (from conf file '{path}'): Input should be 'health'"),
         ("model_uri: m\nplugin_options: {1: a}\n", "plugin_options.1.[key] (from conf file '{path}'): Input should be a valid string"),
@@ -116,7 +116,7 @@ def test_the_readme_table_is_the_settings():
     from mlflow_pluggable_scoring_server.config import reference_table
     from mlflow_pluggable_scoring_server.webserver import argument_parser
 
-    assert reference_table(argument_parser()) in (ROOT / "README.md").read_text()
+    assert reference_table(argument_parser()) in (ROOT / "README.md").read_text(), "run scripts/settings_table.py"
 
 
 @pytest.mark.parametrize(
