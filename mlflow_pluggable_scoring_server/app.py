@@ -156,6 +156,8 @@ def create_app(repository, settings, metrics=None, token=None):
         """The model a scoring request names (404 for none served here), or the first; noted for the metrics."""
         model = repository.get(name) if name is not None else repository.default
         g.model = model.name
+        if model.unloaded:
+            raise NotReady(f"model {model.name!r} is unloaded; POST /v2/repository/models/{model.name}/load loads it")
         return model
 
     def score(model=None):
@@ -173,7 +175,7 @@ def create_app(repository, settings, metrics=None, token=None):
     for rule in ("/api/models/<model>/predict", "/invocations/<model>"):  # documented in openapi.py, per model
         app.add_url_rule(rule, endpoint=rule, view_func=score, methods=["POST"])
     v2_metadata = add_v2_endpoints(app, repository, served, lambda: request_body(settings.max_request_bytes),
-                                   scoring_error)
+                                   scoring_error, settings.model_repository)
 
     @ns.route("/predict")
     class Predict(Resource):

@@ -51,7 +51,15 @@ class Batcher:
         self._waiting = deque()  # (arrival time, input, future)
         self._decoding = 0  # requests in submit's decode() that have not queued their input yet
         self._arrived = threading.Condition()
-        threading.Thread(target=self._serve, name="batcher", daemon=True).start()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="batcher", daemon=True)
+        self._thread.start()
+
+    def close(self):
+        """Let the batcher thread end once nothing is queued or decoding (the model of a replaced version goes)."""
+        with self._arrived:
+            self._closed = True
+            self._arrived.notify()
 
     def submit(self, decode):
         """Queue the input ``decode()`` returns; the future gets its output, or the exception scoring it alone raised.
@@ -62,6 +70,12 @@ class Batcher:
             self._decoding += 1
         try:
             item = decode()
+            if self._closed and not self._thread.is_alive():  # a request that came just after its close: alone
+                self._queue()
+                future = Future()
+                future.set_running_or_notify_cancel()
+                self._score([(item, future)])
+                return future
         except BaseException:
             self._queue()
             raise
@@ -78,7 +92,10 @@ class Batcher:
 
     def _serve(self):
         while True:  # this thread must outlive anything a batch raises: every later request waits on it
-            batch = [(item, future) for _, item, future in self._next_batch() if future.set_running_or_notify_cancel()]
+            waiting = self._next_batch()
+            if waiting is None:  # closed, and nothing left
+                return
+            batch = [(item, future) for _, item, future in waiting if future.set_running_or_notify_cancel()]
             try:
                 if batch:  # all cancelled (their requests timed out) is possible
                     self._score(batch)
@@ -92,7 +109,9 @@ class Batcher:
         """Wait for a first input, then for up to ``max_size`` of them until ``max_wait`` after the first
         arrived, as long as some request is still decoding: no other input is on its way otherwise."""
         with self._arrived:
-            self._arrived.wait_for(lambda: self._waiting)
+            self._arrived.wait_for(lambda: self._waiting or self._closed and not self._decoding)
+            if not self._waiting:
+                return None
             until = self._waiting[0][0] + self.max_wait
             while (len(self._waiting) < self.max_size and self._decoding
                    and self._arrived.wait(max(until - time.monotonic(), 0))):

@@ -20,10 +20,12 @@ from .batching import Batcher
 from .decoders import check_json_containers
 from .errors import InvalidInput, NotReady, RequestTimeout, ScoringError
 from .media import JSON, check_content_type, diagnose, encode, negotiate
-from .models import model_version
+from .models import model_name, model_version
 from .plugin import Payload, request_media_types, response_media_types
 
 logger = logging.getLogger(__name__)
+
+V2_METHODS = ("predict_v2", "preprocess_tensors", "predict_tensors")  # a plugin's own ways to take V2 tensors
 
 
 def too_slow(seconds):
@@ -156,7 +158,9 @@ class Scorer:
                 return method(self.model)
             from mlflow.models import get_model_info
 
-            return get_model_info(self.model_uri).signature
+            # The version loaded, not the one an alias or a stage points at now.
+            uri = f"models:/{model_name(self.model_uri)}/{self.version}" if self.version else self.model_uri
+            return get_model_info(uri).signature
         except Exception as e:
             logger.warning("the signature of %s cannot be read: %s: %s", self.model_uri, type(e).__name__, e)
             return None
@@ -204,6 +208,11 @@ class Scorer:
             self.on_batch(1)
         return answer, response_type
 
+    @property
+    def takes_tensors(self):
+        """Whether the plugin reads V2 tensors itself; else :meth:`infer` takes one BYTES input of request bodies."""
+        return any(callable(getattr(self.plugin, method, None)) for method in V2_METHODS)
+
     def infer(self, request):
         """Score an Open Inference Protocol request (a :class:`~.v2.InferenceRequest`); returns the model's answer
         (an array, a DataFrame, a dict of arrays, a list) for :func:`~.v2.from_model_output`.
@@ -219,14 +228,14 @@ class Scorer:
         plugin, model = self.plugin, self.model
         inputs, parameters = {tensor.name: tensor.data for tensor in request.inputs}, request.params
         if callable(getattr(plugin, "predict_v2", None)):
-            return self._within_timeout(partial(self._timed, partial(plugin.predict_v2, model, request)))
+            return self._unbatched(partial(plugin.predict_v2, model, request))
         if callable(getattr(plugin, "preprocess_tensors", None)):
             decode = partial(plugin.preprocess_tensors, model, inputs, parameters)
             if self.batcher:
                 return self._predict_batched(decode)
-            return self._within_timeout(partial(self._timed, lambda: plugin.postprocess(model, plugin.run_batch(model, [decode()])[0])))
+            return self._unbatched(lambda: plugin.postprocess(model, plugin.run_batch(model, [decode()])[0]))
         if callable(getattr(plugin, "predict_tensors", None)):
-            return self._within_timeout(partial(self._timed, partial(plugin.predict_tensors, model, inputs, parameters)))
+            return self._unbatched(partial(plugin.predict_tensors, model, inputs, parameters))
         return self._infer_bodies(request)
 
     def _infer_bodies(self, request):
@@ -243,10 +252,30 @@ class Scorer:
             futures = [self._submit(partial(self.plugin.preprocess, self.model, payload), payload) for payload in payloads]
             answers = [self._batch_result(future, payload) for future, payload in zip(futures, payloads)]
         else:
-            answers = [self._predict_within_timeout(payload) for payload in payloads]
-        answers = [json.loads(a) if isinstance(a, (str, bytes)) else a for a in answers]
-        arrays = [np.asarray(a) for a in answers]
+            answers = [self._unbatched(partial(self.plugin.predict, self.model, payload), payload) for payload in payloads]
+        arrays = [np.asarray(self._body_answer(answer)) for answer in answers]
         return arrays[0] if len(arrays) == 1 else np.concatenate([a.reshape((1,) if a.ndim == 0 else a.shape) for a in arrays])
+
+    def _body_answer(self, answer):
+        """What ``predict`` answered a body, as V2 carries it: JSON text parsed (the 2020 contract), other text or
+        bytes (an image, CSV) as one BYTES element."""
+        import numpy as np
+
+        if answer is None:
+            logger.error("plugin %s returned None for a V2 request", type(self.plugin).__name__)
+            raise ScoringError("the plugin answered nothing; the server log has the details")
+        if isinstance(answer, (str, bytes, bytearray)):
+            try:
+                return json.loads(answer)
+            except ValueError:  # not JSON, or not UTF-8
+                return np.array([bytes(answer) if not isinstance(answer, str) else answer], dtype=object)
+        return answer
+
+    def _unbatched(self, call, payload=None):
+        """One model call for one request within the timeout, counted as a batch of one."""
+        answer = self._within_timeout(partial(self._timed, call, payload))
+        self.on_batch(1)
+        return answer
 
     def _predict_within_timeout(self, payload):
         return self._within_timeout(partial(self._timed, partial(self.plugin.predict, self.model, payload), payload))

@@ -26,11 +26,11 @@ class NotFound(ScoringError):
     status_code = HTTPStatus.NOT_FOUND
 
 
-def add_v2_endpoints(app, repository, served, read_body, on_error):
+def add_v2_endpoints(app, repository, served, read_body, on_error, repository_extension=False):
     """Add the V2 endpoints to ``app``, for the models of ``repository``. ``served(name)`` is the model of that
     name (404 for none), noted for the metrics; ``read_body()`` reads a request body within the server's limit;
-    ``on_error(e)`` renders a :class:`ScoringError` (and counts it). Returns a function giving a served model's
-    V2 metadata once it is loaded."""
+    ``on_error(e)`` renders a :class:`ScoringError` (and counts it); ``repository_extension``: add the model
+    repository extension's endpoints. Returns a function giving a served model's V2 metadata once it is loaded."""
     metadata_lock = threading.Lock()
 
     def loaded(name, version):
@@ -65,7 +65,19 @@ def add_v2_endpoints(app, repository, served, read_body, on_error):
         return answer
 
     def server_metadata():
-        return jsonify({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
+        extensions = EXTENSIONS + (["model_repository"] if repository_extension else [])
+        return jsonify({"name": SERVER_NAME, "version": __version__, "extensions": extensions})
+
+    def repository_index():
+        return jsonify(repository.index())
+
+    def load(model):
+        repository.set_state(repository.get(model).name, True, repository.metrics)
+        return jsonify({})
+
+    def unload(model):
+        repository.set_state(repository.get(model).name, False)
+        return jsonify({})
 
     def live():
         return jsonify({"live": True})
@@ -113,6 +125,12 @@ def add_v2_endpoints(app, repository, served, read_body, on_error):
         ("/v2/models/<model>/infer", infer, "POST"),
         ("/v2/models/<model>/versions/<version>/infer", infer, "POST"),
     ]
+    if repository_extension:
+        routes += [
+            ("/v2/repository/index", repository_index, "POST"),
+            ("/v2/repository/models/<model>/load", load, "POST"),
+            ("/v2/repository/models/<model>/unload", unload, "POST"),
+        ]
     for rule, view, method in routes:
         app.add_url_rule(rule, endpoint=f"v2:{rule}", view_func=endpoint(view), methods=[method])
     return model_metadata

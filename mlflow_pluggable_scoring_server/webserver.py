@@ -9,6 +9,7 @@ Runtime and Spark are not fork-safe, and a plugin's import-time state is the wor
 """
 
 import argparse
+import functools
 import json
 import logging
 import logging.config
@@ -24,6 +25,7 @@ from .envs import prepare_environment
 from .errors import StartupError
 from .models import check_model_uri
 from .plugin import load_plugin
+from .rollout import start_polling
 
 logger = logging.getLogger("mlflow_pluggable_scoring_server")
 
@@ -131,6 +133,7 @@ def build_app(settings, plugins, token):
     and its :class:`~.repository.Repository`, whose models are not loaded yet."""
     from .app import create_app
     from .decoders import limit_image_pixels
+    from . import metrics as metrics_module
     from .metrics import Metrics
     from .repository import Repository, ServedModel
     from .scoring import Scorer
@@ -139,11 +142,14 @@ def build_app(settings, plugins, token):
     metrics = Metrics()
     served = []
     for model, plugin in zip(settings.served_models(), plugins):
-        scorer = Scorer(plugin, timeout=settings.request_timeout, max_batch_size=model.max_batch_size or 1,
-                        max_batch_time_ms=model.max_batch_time_ms or 0,
-                        on_batch=metrics.batch_size.labels(model.name).observe)
-        served.append(ServedModel(model, plugin, scorer))
-    repository = Repository(served)
+        make_scorer = functools.partial(Scorer, plugin, timeout=settings.request_timeout,
+                                        max_batch_size=model.max_batch_size or 1,
+                                        max_batch_time_ms=model.max_batch_time_ms or 0,
+                                        on_batch=metrics.batch_size.labels(model.name).observe)
+        served.append(ServedModel(model, plugin, make_scorer))
+    # The workers share the repository extension's loads and unloads through a file beside their metrics.
+    samples = os.environ.get(metrics_module.MULTIPROC_ENV)
+    repository = Repository(served, os.path.join(samples, "repository.json") if settings.model_repository and samples else None)
     repository.metrics = metrics
     return create_app(repository, settings, metrics=metrics, token=token), repository
 
@@ -158,15 +164,16 @@ def load_models(repository, settings):
     for served in repository:
         uri = served.uri
         try:
-            served.scorer.load(uri)
+            served.load(repository.metrics)
         except Exception as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
             logger.debug("load_model traceback", exc_info=True)
             stop_worker(f"error: {model_label(settings, served.settings)}plugin {type(served.plugin).__name__} cannot "
                         f"load model '{uri}': {type(e).__name__}: {reason}")
-        repository.metrics.serving(served.name, served.scorer.version)
         logger.info("ready: %s serves %s%s on http://%s:%s", type(served.plugin).__name__, uri,
                     f" as {served.name}" if settings.models else "", settings.host, settings.port)
+    start_polling(repository, settings.registry_poll_seconds, repository.metrics)
+    repository.follow_state_file(repository.metrics)
 
 
 def stop_worker(line):

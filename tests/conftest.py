@@ -189,7 +189,7 @@ class App:
         try:
             with environment(self.env):
                 for served in self.repository:
-                    served.scorer.load(served.uri)
+                    served.load(self.repository.metrics)
         except Exception as e:  # a worker would exit; here the test that waits for the model fails
             self.failure = e
 

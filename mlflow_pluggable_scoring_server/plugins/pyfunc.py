@@ -82,8 +82,9 @@ class PyfuncPlugin(BasePlugin):
         try:
             return model.pyfunc.predict(data, params=params)
         except MlflowException as e:
-            values = json.dumps([tensor.data.reshape(-1).tolist() for tensor in request.inputs], default=str).encode()
-            message = safe_message(e, values, model.names)
+            # Everything the message must not quote: the values and the parameters (MLflow quotes a bad param's value).
+            values = [tensor.data.reshape(-1).tolist() for tensor in request.inputs] + [request.parameters]
+            message = safe_message(e, json.dumps(values, default=_as_text).encode(), model.names)
             logger.info("MLflow refused a V2 request: %s", message)
             raise ScoringError(message, e.get_http_status_code(), e.error_code) from e
 
@@ -98,6 +99,11 @@ class PyfuncPlugin(BasePlugin):
         example = model.pyfunc.input_example
         serving = convert_input_example_to_serving_input(example) if example is not None else None
         return (serving.encode(), "application/json") if serving else None
+
+
+def _as_text(value):
+    """A value json.dumps cannot write, as the text a message would quote it as (bytes decoded)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def check_charset(media_params):
