@@ -69,11 +69,15 @@ class ModelThread:
         self.lock = lock  # held while a call runs
         self._calls = queue.SimpleQueue()
         self._running = None
+        self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def call(self, fn, timeout):
         """``fn()``, run in the model thread; RequestTimeout after ``timeout`` seconds."""
+        if self._closed:  # a request that held the scorer of a replaced version: rare, and not stopped at its timeout
+            with self.lock:
+                return fn()
         future = Future()
         self._calls.put((future, fn))
         try:
@@ -83,10 +87,18 @@ class ModelThread:
                 self._abort(future)
             raise too_slow(timeout) from None
 
+    def close(self):
+        """End the thread once the calls queued before are done; a later call runs in its caller's thread."""
+        self._closed = True
+        self._calls.put(None)
+
     def _serve(self):
         while True:
             try:
-                future, fn = self._calls.get()
+                call = self._calls.get()
+                if call is None:
+                    return
+                future, fn = call
                 if not future.set_running_or_notify_cancel():
                     continue
                 self._running = future
@@ -147,6 +159,13 @@ class Scorer:
         elif self.timeout:
             self.model_thread = ModelThread(self.model_lock)
         self.ready.set()
+
+    def close(self):
+        """Let the threads of a replaced model end; the requests that still hold this scorer finish with it."""
+        if self.batcher:
+            self.batcher.close()
+        if self.model_thread:
+            self.model_thread.close()
 
     @functools.cached_property
     def signature(self):
