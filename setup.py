@@ -36,7 +36,10 @@ setup(
                  "pytest-xdist>=3.5",  # 3 test processes: most tests wait on servers, 2 cores stay busy
                  # V2 requests and responses as a real client writes and reads them (binary tensors too);
                  # the kserve SDK is left out: it would downgrade pandas to 2 and protobuf
-                 "tritonclient[http]>=2.50"],
+                 "tritonclient[http]>=2.50",
+                 # Kubernetes' OpenAPI schemas as JSON schemas, per Kubernetes version: the `kubernetes` command's
+                 # manifests are validated offline (KServe's types: the kserve SDK's wheel, read, not installed)
+                 "kubernetes-validate>=1.37"],
     },
     entry_points={
         "console_scripts": ["mlflow-pluggable-scoring-server = mlflow_pluggable_scoring_server.cli:main"],

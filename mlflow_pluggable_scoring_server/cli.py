@@ -13,6 +13,7 @@ COMMANDS = {
     "score": ("mlflow_pluggable_scoring_server.offline", "score files or rows on this machine, resumably"),
     "spark-score": ("mlflow_pluggable_scoring_server.spark", "score files or rows on Spark"),
     "check-plugin": ("mlflow_pluggable_scoring_server.check", "check that a plugin keeps the server's contract with a model"),
+    "kubernetes": ("mlflow_pluggable_scoring_server.kubernetes", "write Kubernetes and KServe manifests that run an image"),
 }
 
 
