@@ -45,6 +45,11 @@ def model_version(model_uri):
     return str(get_model_name_and_version(MlflowClient(), model_uri)[1])
 
 
+def pinned_uri(model_uri, version):
+    """The ``models:/name/version`` URI of one version of the model of a ``models:/`` URI."""
+    return f"models:/{model_name(model_uri)}/{version}"
+
+
 def check_model_uri(model_uri):
     """Raise StartupError if ``model_uri`` does not resolve to a model.
 
@@ -58,8 +63,37 @@ def check_model_uri(model_uri):
             raise StartupError(f"model URI '{model_uri}' does not resolve: no such file or directory '{path}'")
         return
     scheme = urlparse(model_uri).scheme
-    if scheme not in ("models", "runs"):
-        return
+    if scheme in ("models", "runs"):
+        # In a child process: a registry's database connection (sqlite, a pool) opened here would be
+        # inherited by every worker forked later, and shared by them it gives stale or no answers.
+        in_child(_check_registered, model_uri, scheme)
+
+
+def in_child(task, *args):
+    """Run ``task(*args)`` in a forked child process; a :class:`StartupError` it raises is raised here."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running any exit handler of the parent's
+        os.close(read_end)
+        try:
+            task(*args)
+            error = ""
+        except StartupError as e:
+            error = str(e)
+        except BaseException as e:  # noqa: BLE001 -- whatever it is, the parent says it in one line
+            error = f"{type(e).__name__}: {e}"
+        with os.fdopen(write_end, "w") as out:
+            out.write(error)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as answer:
+        error = answer.read()
+    os.waitpid(pid, 0)
+    if error:
+        raise StartupError(error.splitlines()[0])
+
+
+def _check_registered(model_uri, scheme):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

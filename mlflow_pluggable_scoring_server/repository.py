@@ -14,6 +14,7 @@ from http import HTTPStatus
 
 from .errors import ScoringError
 from .locks import exclusive_lock
+from .models import model_version, pinned_uri
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +38,23 @@ class ServedModel:
         self.unloaded = False  # by V2's repository extension
 
     def load(self, metrics=None):
-        """Load the model into the current scorer (which must not be loaded yet)."""
-        self.scorer.load(self.uri)
+        """Load the model into the current scorer (which must not be loaded yet): for a URI that follows the
+        registry, the version it points at now, looked up first (the alias may move while it loads)."""
+        from .rollout import follows_registry
+
+        version = model_version(self.uri) if follows_registry(self.uri) else None
+        self.scorer.load(pinned_uri(self.uri, version) if version else self.uri)
         self.unloaded = False
         if metrics:
             metrics.serving(self.name, self.scorer.version)
 
-    def unload(self):
+    def unload(self, metrics=None):
         """Let the model go (V2's repository extension): its requests get 503 until it is loaded again."""
         old, self.scorer = self.scorer, self.make_scorer()
         self.unloaded = True
         old.close()
+        if metrics:  # no longer served here
+            metrics.model_info.labels(self.name, str(old.version or "")).set(0)
 
     @property
     def uri(self):
@@ -127,7 +134,7 @@ class Repository:
                 raise ScoringError(f"model {model.name!r} cannot be loaded: {type(e).__name__}: {reason}") from e
         elif not loaded and not model.unloaded:
             logger.info("model %s: unloaded (repository extension)", model.name)
-            model.unload()
+            model.unload(metrics)
 
     def follow_state_file(self, metrics, seconds=0.5):
         """In each worker: apply the loads and unloads that another worker answered (a thread of its own)."""

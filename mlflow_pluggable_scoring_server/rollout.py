@@ -15,7 +15,7 @@ import threading
 import time
 from urllib.parse import urlparse
 
-from .models import model_name, model_version
+from .models import model_version, pinned_uri
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +67,10 @@ def roll_out(model, metrics):
     current = model.scorer
     if version is None or version == current.version or version == model.failed_version:
         return None
-    pinned = f"models:/{model_name(model.uri)}/{version}"
     logger.info("model %s: loading version %s (%s) beside version %s", model.name, version, model.uri, current.version)
     scorer = model.make_scorer()
     try:
-        scorer.load(pinned)
+        scorer.load(pinned_uri(model.uri, version))
         example = scorer.example()
         if example is not None:  # a version that cannot score its own example is not served
             scorer.score(example[0], example[1], None)
