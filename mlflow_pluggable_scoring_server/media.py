@@ -149,6 +149,11 @@ def encode(result, media_type):
     return encoder(result)
 
 
+def is_text(media_type):
+    """Whether a body of ``media_type`` is text (JSON, CSV, plain text...) rather than bytes (an image, Parquet)."""
+    return media_type == JSON or media_type.endswith("+json") or media_type.startswith("text/")
+
+
 def diagnose(payload):
     """Explain why a body the plugin failed on is malformed for its media type, if it is.
 

@@ -11,6 +11,7 @@ SCORING_PATHS = ("/api/predict", "/invocations")  # /invocations: MLflow's name 
 # their success is declared without a body schema that clients would try to parse.
 UNDESCRIBED_PATHS = ("/ping", "/health", "/version")
 
+import base64
 import json
 from http import HTTPStatus
 from typing import NamedTuple
@@ -177,6 +178,21 @@ def v2_example_request(metadata):
     return {"inputs": inputs}
 
 
+def v2_example(model):
+    """The V2 infer example of a :class:`ModelDoc`: its plugin's example request in the one BYTES input of a plugin
+    that takes request bodies (text as it is, bytes in base64), else a row of zeros made from its metadata."""
+    metadata = model.v2_metadata
+    if not metadata:
+        return None
+    inputs = metadata.get("inputs", [])
+    content_type = inputs[0].get("parameters", {}).get("content_type") if len(inputs) == 1 else None
+    if model.example and inputs[0]["shape"] == [-1] and inputs[0]["datatype"] == "BYTES" and content_type in ("str", "base64"):
+        body = model.example[0]
+        value = body.decode() if content_type == "str" else base64.b64encode(body).decode()
+        return {"inputs": [{"name": inputs[0]["name"], "shape": [1], "datatype": "BYTES", "data": [value]}]}
+    return v2_example_request(metadata)
+
+
 def v2_paths(models):
     """The V2 endpoints' operations, per model; its metadata (None while it loads) gives the examples."""
     tag = [V2_TAG]
@@ -202,7 +218,7 @@ def v2_paths(models):
             "tags": tag, "summary": f"Score tensors with {model.name} (JSON, or binary tensors after a JSON header of"
                                    " Inference-Header-Content-Length bytes)",
             "requestBody": {"required": True, "content": {
-                **_json("V2InferenceRequest", v2_example_request(metadata) if metadata else None),
+                **_json("V2InferenceRequest", v2_example(model)),
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "responses": {"200": {"description": "OK", "content": _json("V2InferenceResponse")},
                           **_v2_errors(HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,

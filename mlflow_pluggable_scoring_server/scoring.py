@@ -19,7 +19,7 @@ from functools import partial
 from .batching import Batcher
 from .decoders import check_json_containers
 from .errors import InvalidInput, NotReady, RequestTimeout, ScoringError
-from .media import JSON, check_content_type, diagnose, encode, negotiate
+from .media import JSON, check_content_type, diagnose, encode, is_text, negotiate
 from .models import model_name, model_version
 from .plugin import Payload, request_media_types, response_media_types
 
@@ -261,12 +261,16 @@ class Scorer:
         """A plugin that declares no V2 method: each element of one BYTES input scored as a request body."""
         import numpy as np
 
+        from .v2 import base64_or_raw
+
         bodies = request.inputs[0].data.reshape(-1) if len(request.inputs) == 1 and request.inputs[0].datatype == "BYTES" else None
         if bodies is None or not len(bodies):
             raise InvalidInput(f"plugin {type(self.plugin).__name__} takes V2 requests as one BYTES input holding request"
                                " bodies (it declares no predict_tensors)")
-        media_type = next((t for t in self.request_types if "*" not in t), "application/octet-stream")
-        payloads = [Payload(body if isinstance(body, bytes) else body.encode(), media_type, {}) for body in bodies]
+        media_type = self.body_media_type
+        text = is_text(media_type)  # else strings in JSON are base64 (or the bytes themselves), as MLServer reads them
+        payloads = [Payload(body if isinstance(body, bytes) else body.encode() if text else base64_or_raw("", body),
+                            media_type, {}) for body in bodies]
         if self.batcher:  # every body queued at once: they share model calls
             futures = [self._submit(partial(self.plugin.preprocess, self.model, payload), payload) for payload in payloads]
             answers = [self._batch_result(future, payload) for future, payload in zip(futures, payloads)]
@@ -274,6 +278,11 @@ class Scorer:
             answers = [self._unbatched(partial(self.plugin.predict, self.model, payload), payload) for payload in payloads]
         arrays = [np.asarray(self._body_answer(answer)) for answer in answers]
         return arrays[0] if len(arrays) == 1 else np.concatenate([a.reshape((1,) if a.ndim == 0 else a.shape) for a in arrays])
+
+    @property
+    def body_media_type(self):
+        """The media type a V2 request body element is scored as: the plugin's first exact request type."""
+        return next((t for t in self.request_types if "*" not in t), "application/octet-stream")
 
     def _body_answer(self, answer):
         """What ``predict`` answered a body, as V2 carries it: JSON text parsed (the 2020 contract), other text or

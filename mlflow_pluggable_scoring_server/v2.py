@@ -402,7 +402,7 @@ def _utf8(what, element):
         raise InvalidInput(f"{what}: an element is not UTF-8 text") from None
 
 
-def _base64_or_raw(what, element):
+def base64_or_raw(what, element):
     raw = element.encode() if isinstance(element, str) else element
     try:  # MLServer's rule: base64 text is decoded, anything else is taken as the bytes themselves
         return base64.b64decode(raw, validate=True)
@@ -424,7 +424,7 @@ def _json_value(what, element):
         raise InvalidInput(f"{what}: an element is not JSON text") from None
 
 
-_ELEMENT_DECODERS = {"str": _utf8, "base64": _base64_or_raw, "datetime": _iso_datetime, "pd_json": _json_value}
+_ELEMENT_DECODERS = {"str": _utf8, "base64": base64_or_raw, "datetime": _iso_datetime, "pd_json": _json_value}
 
 
 def _column(tensor, content_type):

@@ -13,6 +13,7 @@ from flask import Response, jsonify, request
 
 from . import __version__
 from .errors import InvalidInput, NotReady, ScoringError
+from .media import is_text
 
 SERVER_NAME = "mlflow-pluggable-scoring-server"
 EXTENSIONS = ["binary_tensor_data"]
@@ -50,7 +51,9 @@ def add_v2_endpoints(app, repository, served, read_body, on_error, repository_ex
             if model.metadata is None or model.metadata[0] is not scorer:
                 metadata = build(model.name, [scorer.version] if scorer.version else [], scorer.signature, PLATFORM)
                 if not scorer.takes_tensors:  # the signature's outputs are still the model's answer
-                    metadata.update(inputs=[BODIES_INPUT], parameters={})
+                    content_type = "str" if is_text(scorer.body_media_type) else "base64"  # how JSON carries them
+                    metadata.update(inputs=[{**BODIES_INPUT, "parameters": {"content_type": content_type}}],
+                                    parameters={})
                 model.metadata = (scorer, metadata)
             return model.metadata[1]
 
@@ -76,7 +79,7 @@ def add_v2_endpoints(app, repository, served, read_body, on_error, repository_ex
         return jsonify({})
 
     def unload(model):
-        repository.set_state(repository.get(model).name, False)
+        repository.set_state(repository.get(model).name, False, repository.metrics)
         return jsonify({})
 
     def live():

@@ -97,3 +97,18 @@ def test_no_example_without_one(make_app, sample_models):
     spec = app.get("/api/swagger").json()
     validate(spec)
     assert "example" not in spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]["application/json"]
+
+
+@pytest.mark.parametrize("server, model", [
+    ("pyfunc_server", "mlflow-model"),  # tensors: a row of zeros made from the metadata
+    ("wine_server", "mlflow-model"),  # the sample's columns
+    ("mnist_server", "mlflow-model"),  # a plugin that takes bodies: its example image, in base64
+])
+def test_the_documented_v2_example_scores(server, model, request):
+    app = request.getfixturevalue(server)
+    spec = app.get("/api/swagger").json()
+    example = spec["paths"][f"/v2/models/{model}/infer"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    answer = app.request("POST", f"/v2/models/{model}/infer", json.dumps(example).encode(),
+                         {"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"][0] == 1

@@ -8,6 +8,7 @@ the wine and ONNX sample plugins (``preprocess_tensors``, batched too), the Kera
 cannot be installed beside this venv's pandas 3. MLServer's answers: tests/test_v2_mlserver.py.
 """
 
+import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -337,13 +338,21 @@ def test_a_bad_param_value_is_not_quoted(table_model):
 def test_the_image_plugin_takes_encoded_images_in_a_bytes_input(image_server, count):
     metadata = image_server.get(f"/v2/models/{NAME}").json()
     # what this plugin takes (request bodies), not the model's signature (784 floats)
-    assert metadata["inputs"] == [{"name": "input-0", "datatype": "BYTES", "shape": [-1]}]
+    assert metadata["inputs"] == [{"name": "input-0", "datatype": "BYTES", "shape": [-1],
+                                   "parameters": {"content_type": "base64"}}]  # in JSON: base64 text
     expected = predictions(image_server, DIGIT_PNG.read_bytes(), "image/png")
     images = np.array([DIGIT_PNG.read_bytes()] * count, dtype=object)
     found = result(infer(image_server, {"images": images})).as_numpy("output-1")
     assert found.shape == (count, 10)
     np.testing.assert_allclose(found, np.repeat(expected, count, axis=0), rtol=1e-6)
     assert_v2_error(infer(image_server, {"images": np.array([SECRET.encode()], dtype=object)}), 400)
+    # In JSON, images go as base64 text (MLServer's "base64" content type).
+    as_text = {"inputs": [{"name": "images", "shape": [count], "datatype": "BYTES",
+                           "data": [base64.b64encode(DIGIT_PNG.read_bytes()).decode()] * count}]}
+    answer = image_server.request("POST", f"/v2/models/{NAME}/infer", json.dumps(as_text).encode())
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(count, 10),
+                               np.repeat(expected, count, axis=0), rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +368,7 @@ def test_a_2020_plugin_takes_request_bodies_in_a_bytes_input(legacy_app, binary)
         found = result(infer(legacy_app, {"body": bodies}, binary)).as_numpy("output-1")
         np.testing.assert_array_equal(found[:, 0], np.tile(expected, count))
     assert legacy_app.get(f"/v2/models/{NAME}").json()["inputs"] == [{"name": "input-0", "datatype": "BYTES",
-                                                                     "shape": [-1]}]
+                                                                     "shape": [-1], "parameters": {"content_type": "str"}}]
     assert_v2_error(infer(legacy_app, wine_columns()), 400,
                     "plugin Plugin takes V2 requests as one BYTES input holding request bodies")
 
