@@ -22,6 +22,7 @@ from .plugin import DEFAULT_PLUGIN, DEFAULT_PLUGIN_CLASS
 DEFAULT_LOG_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
 AUTH_TOKEN_ENV = "MLFLOW_PSS_AUTH_TOKEN"
 ENV_PREFIX = "MLFLOW_PSS_"
+PORT_ENV = "PORT"  # the port a platform gives a container (KServe, Cloud Run, Knative); MLFLOW_PSS_PORT wins over it
 ENDPOINT_GROUPS = ("health", "metrics", "docs")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -89,7 +90,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = setting("127.0.0.1", "Address to listen on; `0.0.0.0` to accept other machines.")
-    port: Int = setting(5005, "Port to listen on.", ge=1, le=65535)
+    port: Int = setting(5005, f"Port to listen on; the `{PORT_ENV}` environment variable (KServe's, Cloud Run's) overrides the conf"
+                         f" file's, and `{ENV_PREFIX}PORT` and the flag override it.", ge=1, le=65535)
     plugin: str = setting(
         DEFAULT_PLUGIN,
         "The plugin: the path of its Python file (`--plugin-file`), or the name of an installed plugin (`--plugin`):"
@@ -165,13 +167,19 @@ class Settings(BaseModel):
             data = {**data, "models": [{**inherited, **m} if isinstance(m, dict) else m for m in data["models"]]}
         return data
 
+    @field_validator("models")
+    @classmethod
+    def _names_of_their_own(cls, models):
+        names = [m.name for m in models]
+        twice = [name for i, name in enumerate(names) if name in names[:i]]
+        if twice:
+            raise ValueError(f"two models are named {twice[0]!r}: each needs a name of its own")
+        return models
+
     @model_validator(mode="after")
     def _one_way_to_name_models(self):
         if self.models and self.model_uri:
             raise ValueError("give model_uri (one model) or models (several), not both")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ValueError("two models have the same name")
         return self
 
     def served_models(self):
@@ -310,10 +318,13 @@ def add_plugin_flags(parser):
                         help=flag_help("plugin_options"))
 
 
-def add_setting_flags(parser):
-    """``--conf`` and a flag for every setting that has one, values left as text for :func:`build_settings`."""
+def add_setting_flags(parser, skip=()):
+    """``--conf`` and a flag for every setting that has one (but those named in ``skip``), values left as text
+    for :func:`build_settings`."""
     parser.add_argument("--conf", metavar="FILE", help="YAML conf file with any of the keys below.")
     for name, f in FIELDS.items():
+        if name in skip:
+            continue
         if name.startswith("plugin"):
             if name == "plugin":
                 add_plugin_flags(parser)
@@ -380,6 +391,7 @@ def build_settings(conf_path=None, **overrides):
     """
     values, origin = {}, {}
     layers = [(read_conf_file(conf_path) if conf_path else {}, f"conf file '{conf_path}'"),
+              ({"port": os.environ[PORT_ENV]} if os.environ.get(PORT_ENV) else {}, f"environment variable {PORT_ENV}"),
               (environment_settings(), "environment variable {env}"),
               ({k: v for k, v in overrides.items() if v is not None and k != "plugin_options"}, None)]
     for layer, where in layers:
@@ -397,5 +409,5 @@ def build_settings(conf_path=None, **overrides):
         message = error["msg"].removeprefix("Value error, ").rstrip(".")
         raise StartupError(f"{key}{f' (from {where})' if where else ''}: {message}") from None
     if not settings.model_uri and not settings.models:
-        raise StartupError("no model: give --model-uri or 'model_uri' (or 'models') in the conf file")
+        raise StartupError("no model: give --model-uri or 'model_uri' in the conf file")
     return settings
