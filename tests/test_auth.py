@@ -45,7 +45,11 @@ def test_right_token_scores(auth_server):
 
 @pytest.mark.parametrize("path, status", [("/api/health/live", 200), ("/api/health/ready", 200), ("/metrics", 401),
                                           ("/api/status", 401), ("/api/swagger", 401), ("/api/nothing", 401),
-                                          ("/ping", 200), ("/health", 200), ("/version", 200)])
+                                          ("/ping", 200), ("/health", 200), ("/version", 200),
+                                          # V2: health and readiness are "health"; the rest needs the token
+                                          ("/v2/health/live", 200), ("/v2/health/ready", 200),
+                                          ("/v2/models/mlflow-model/ready", 200), ("/v2/models/mlflow-model", 401),
+                                          ("/v2", 401)])
 def test_only_health_is_open_by_default(auth_server, path, status):
     assert auth_server.get(path).status_code == status
 
@@ -68,3 +72,12 @@ def test_there_is_no_token_flag():
 def test_unreadable_token_file_stops_the_server(sample_models, tmp_path):
     proc = serve_main("--conf", WINE / "conf.yaml", "--auth-token-file", tmp_path / "missing")
     assert proc.returncode == 2 and "error: cannot read auth_token_file" in proc.stderr
+
+
+def test_v2_infer_needs_the_token_and_answers_in_v2s_shape(auth_server):
+    body = (WINE / "data" / "predict-wine-quality-v2.json").read_bytes()
+    refused = auth_server.request("POST", "/v2/models/mlflow-model/infer", body)
+    assert refused.status_code == 401 and set(refused.json()) == {"error"}
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    answered = auth_server.request("POST", "/v2/models/mlflow-model/infer", body, {"Authorization": f"Bearer {TOKEN}"})
+    assert answered.status_code == 200 and answered.json()["outputs"][0]["shape"] == [3, 1]
