@@ -264,12 +264,12 @@ def create_app(repository, settings, metrics=None, token=None):
     def swagger():
         if spec:
             return jsonify(spec)
-        ready = repository.ready
+        # An unloaded model (repository extension) is not asked: its metadata would be kept without a signature.
         models = [ModelDoc(model.name, model.scorer.request_types, model.scorer.response_types,
-                           model.scorer.example() if ready else None, v2_metadata(model) if ready else None)
+                           model.scorer.example() if model.ready else None, v2_metadata(model) if model.ready else None)
                   for model in repository]
         document = openapi_spec(api.__schema__, models)
-        if ready:  # with the model's examples: kept
+        if all(model.ready for model in repository):  # with every model's examples: kept
             spec.update(document)
         return jsonify(document)
 

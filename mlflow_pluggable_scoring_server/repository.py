@@ -52,6 +52,7 @@ class ServedModel:
         """Let the model go (V2's repository extension): its requests get 503 until it is loaded again."""
         old, self.scorer = self.scorer, self.make_scorer()
         self.unloaded = True
+        self.metadata = None  # it holds the old scorer, and so its model
         old.close()
         if metrics:  # no longer served here
             metrics.model_info.labels(self.name, str(old.version or "")).set(0)

@@ -79,12 +79,37 @@ def logging_config(settings):
 def make_server(settings, token):
     """A gunicorn application serving ``settings``' plugin and model; each worker loads both."""
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.errors import HaltServer
 
     from . import metrics
 
     metrics_dir = metrics.prepare()  # before any worker forks
 
+    class HaltingArbiter(Arbiter):
+        """gunicorn's arbiter, but when every worker fails to boot (a model none can load), the second one's exit,
+        reaped while the first one's halts the server, does not end the master with a traceback mid-halt."""
+
+        halting = False
+
+        def halt(self, reason=None, exit_status=0):
+            self.halting = True
+            super().halt(reason, exit_status)
+
+        def reap_workers(self):
+            try:
+                super().reap_workers()
+            except HaltServer:
+                if not self.halting:
+                    raise
+
     class Server(BaseApplication):
+        def run(self):  # BaseApplication.run with the arbiter above
+            try:
+                HaltingArbiter(self).run()
+            except RuntimeError as e:  # gunicorn's word for a setting it cannot use
+                sys.exit(f"error: {e}")
+
         def load_config(self):
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
@@ -193,7 +218,10 @@ def main(argv=None):
             return 0
         logging.config.dictConfig(logging_config(settings))
         for model in settings.served_models():
-            check_model_uri(model.model_uri)
+            try:
+                check_model_uri(model.model_uri)
+            except StartupError as e:
+                raise StartupError(f"{model_label(settings, model)}{e}") from None
         prepare_environment(settings, argv)  # may re-execute this command in a created environment
         settings, plugin = check_plugin(settings)
         token = settings.auth_token()

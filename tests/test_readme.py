@@ -48,6 +48,7 @@ SAMPLE_COMMANDS = {
     "mnist": SERVE + "--conf plugin_samples/keras_mnist/conf.yaml",
     "pyfunc": SERVE + "--model-uri plugin_samples/sklearn_wine/model",
     "image": SERVE + "--plugin image --model-uri plugin_samples/keras_mnist/model",
+    "several": SERVE + "--conf plugin_samples/several_models.yaml --model-repository",
 }
 TIMING = re.compile(r"\d+(?:\.\d+)?(?= s\b|/s\b)")  # "in 1.9 s", "60.3/s": they differ from run to run
 
