@@ -258,19 +258,20 @@ def create_app(repository, settings, metrics=None, token=None):
         def get(self):
             return Response(mlflow_version(), status=200, content_type="application/json")
 
-    spec = {}
+    spec = {}  # the document, kept for the scorers it was made from (a rollout or a load makes others)
 
     @app.get("/api/swagger")
     def swagger():
-        if spec:
-            return jsonify(spec)
+        scorers = [model.scorer for model in repository]
+        if spec.get("scorers") == scorers:
+            return jsonify(spec["document"])
         # An unloaded model (repository extension) is not asked: its metadata would be kept without a signature.
         models = [ModelDoc(model.name, model.scorer.request_types, model.scorer.response_types,
                            model.scorer.example() if model.ready else None, v2_metadata(model) if model.ready else None)
                   for model in repository]
         document = openapi_spec(api.__schema__, models)
         if all(model.ready for model in repository):  # with every model's examples: kept
-            spec.update(document)
+            spec.update(scorers=scorers, document=document)
         return jsonify(document)
 
     return app

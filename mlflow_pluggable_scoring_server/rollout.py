@@ -84,7 +84,7 @@ def roll_out(model, metrics):
             metrics.rollout_failures.labels(model.name).inc()
         return None
     model.scorer = scorer  # one assignment: requests from now on score with the new version
-    model.failed_version = model.rollout_error = None
+    model.failed_version = model.rollout_error = model.metadata = None  # the metadata held the old scorer
     if metrics:
         metrics.serving(model.name, version, current.version)
     current.close()  # its requests in flight finish with it

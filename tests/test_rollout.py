@@ -95,6 +95,11 @@ def test_answers_follow_the_alias_with_no_failed_request(roll, start_server):
             move(version)
             last_old = clients.wait_for(value, 2 * POLL + LOAD_SLACK + 10)
             assert last_old - moved <= 2 * POLL + LOAD_SLACK, f"the old answers went on {last_old - moved:.1f} s"
+            for _ in range(4):  # each worker's API document and V2 metadata name the version it now serves
+                spec = server.get("/api/swagger").json()
+                documented = spec["paths"]["/v2/models/roll"]["get"]["responses"]["200"]["content"]["application/json"]
+                assert documented["example"]["versions"] == [str(version)]
+                assert server.get("/v2/models/roll").json()["versions"] == [str(version)]
         # Versions that cannot score their example or cannot be loaded are never switched to.
         for broken in (3, 4):
             move(broken)
