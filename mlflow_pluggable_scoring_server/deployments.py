@@ -28,7 +28,7 @@ from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST
 
-from .config import FIELDS, Settings, build_settings, describe, parse_text
+from .config import FIELDS, PORT_ENV, Settings, build_settings, describe, env_var, parse_text
 from .errors import StartupError
 from .locks import exclusive_lock
 from .models import check_model_uri, local_path
@@ -97,7 +97,8 @@ def run_local(name, model_uri, flavor=None, config=None):
     sys.stdout.flush()
     sys.stderr.flush()
     # exec: the server gets the terminal's signals itself and its exit status is the command's.
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow_pluggable_scoring_server.webserver", "--conf", str(conf)])
+    os.execve(sys.executable, [sys.executable, "-m", "mlflow_pluggable_scoring_server.webserver", "--conf", str(conf)],
+              _server_environment())
 
 
 class PluggableDeploymentClient(BaseDeploymentClient):
@@ -303,6 +304,13 @@ def _url(host, port):
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _server_environment():
+    """This environment without the variables that give settings (MLFLOW_PSS_*, PORT): the conf file holds what they
+    gave, under the deployment's own keys (its port above all), which they would otherwise override."""
+    settings_variables = {env_var(name) for name in FIELDS} | {PORT_ENV}
+    return {name: value for name, value in os.environ.items() if name not in settings_variables}
+
+
 def _write_conf(path, settings):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(settings.as_yaml())
@@ -321,6 +329,7 @@ def _start(name, model_uri, config, cwd, created=None):
     _write_conf(conf, settings)
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mlflow_pluggable_scoring_server.webserver", "--conf", str(conf)],
+                                env=_server_environment(),
                                 cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     now = _now()

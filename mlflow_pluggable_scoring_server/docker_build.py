@@ -1,13 +1,16 @@
-"""Build a container image that serves one model through one plugin.
+"""Build a container image that serves a model through a plugin.
 
-    python -m mlflow_pluggable_scoring_server.docker_build --model-uri URI --plugin-file F \\
-        [--plugin-class C] [--packages P,...] --docker-image NAME [--context-dir DIR] [--base-image IMG]
+    mlflow-pluggable-scoring-server docker-build [--conf FILE] [--model-uri URI | --no-model] \\
+        [--plugin-file F | --plugin NAME] [--plugin-option K=V ...] [serve's other flags] \\
+        --docker-image NAME [--context-dir DIR] [--base-image IMG]
 
-It writes a build context (the project's top-level ``Dockerfile``, the server as a wheel,
-the plugin's packages, the plugin and the model, and the image's conf file), then builds
-it with ``docker build`` when a Docker engine answers, else with podman or buildah, else it
-stops there and says how to build it. The image runs the server as a non-root user on
-0.0.0.0:5005, with a HEALTHCHECK.
+The plugin, the model and the other settings are read as ``serve`` reads them (conf file,
+``MLFLOW_PSS_*`` variables, flags; no plugin: ``pyfunc``). It writes a build context (the
+project's top-level ``Dockerfile``, the server as a wheel, the packages, the plugin file with
+its siblings, the model unless ``--no-model``, and the image's conf file: those settings with
+paths inside the image), then builds it with ``docker build`` when a Docker engine answers,
+else with podman or buildah, else it stops there and says how to build it. How the image runs
+(port, ``serve``, non-root user, read-only root) is the Dockerfile's to say.
 
 The 2020 way works too: ``python mlflow_pluggable_scoring_server/docker_build.py`` (a script
 path) with ``--plugin-full-class`` (``--plugin-class``) and ``--tmp-model-dir``
@@ -33,28 +36,36 @@ import zipfile
 from pathlib import Path
 
 from . import __version__
-from .envs import PACKAGE_DIR, SERVER_DIST
+from .config import FIELDS, add_setting_flags, build_settings
+from .envs import PACKAGE_DIR, SERVER_DIST, read_model_requirements
 from .errors import StartupError
 from .models import check_model_uri
 from .packages import find_uv, run_installer
-from .plugin import DEFAULT_PLUGIN_CLASS
+from .plugin import is_plugin_file
 
 DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
 BUILDERS = ("docker", "podman", "buildah")
-CONTAINER_PORT = 5005
+CONTAINER_PORT = 5005  # `docker run IMAGE`; see the Dockerfile for `serve` and PORT
+MOUNTED_MODEL = "/mnt/models"  # where KServe mounts the model of an InferenceService's storageUri
+IMAGE_SETTINGS = ("host", "port", "env_manager")  # the image's own: neither docker-build's flags nor in its conf
+BUILD_SETTINGS = ("packages", "install_model_requirements")  # installed at build time, not in the image's conf
 INSTALL_RECORDS = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "uv_cache.json")  # written by installers, not in a wheel
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="mlflow-pluggable-scoring-server docker-build",
-        description="Write a container build context for a model and a plugin, and build the image.",
+        description="Write a container build context for a model and a plugin, and build the image. The settings are"
+                    " read as `serve` reads them and go into the image's conf.yaml: the model is downloaded into the image,"
+                    " a plugin file copied with the .py files beside it, the packages installed. The image listens on"
+                    f" 0.0.0.0:{CONTAINER_PORT} (PORT in its environment changes it).",
+        allow_abbrev=False,
     )
-    p.add_argument("--model-uri", required=True, help="MLflow model URI (a path, runs:/, models:/, ...); downloaded.")
-    p.add_argument("--plugin-file", required=True, metavar="FILE", help="The plugin's Python file (copied with the .py files beside it).")
-    p.add_argument("--plugin-class", "--plugin-full-class", default=DEFAULT_PLUGIN_CLASS,
-                   help="Plugin class in that file, as module.Class. (--plugin-full-class: its 2020 name.)")
-    p.add_argument("--packages", default="", help="Extra pip packages the plugin needs, comma-separated; installed in the image.")
+    add_setting_flags(p, skip=IMAGE_SETTINGS)
+    p.add_argument("--plugin-full-class", dest="plugin_class", help="--plugin-class's 2020 name.")
+    p.add_argument("--no-model", action="store_true",
+                   help="Put no model in the image: it loads its model URI when it starts, --model-uri's (not downloaded)"
+                        f" or {MOUNTED_MODEL}, where KServe mounts the model of an InferenceService's storageUri.")
     p.add_argument("--docker-image", required=True, metavar="NAME", help="Name (and tag) of the image.")
     p.add_argument("--context-dir", "--tmp-model-dir", metavar="DIR",
                    help="Where to write the build context, the model in it (new or empty); default: a temporary folder."
@@ -65,29 +76,62 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def write_context(context, model_uri, plugin_file, plugin_class, packages):
-    """Fill the (empty) folder ``context`` with everything ``docker build`` needs."""
+def write_context(context, settings, no_model):
+    """Fill the (empty) folder ``context`` with everything ``docker build`` needs to serve ``settings``."""
+    import yaml
+
     context.mkdir(parents=True, exist_ok=True)
     if any(context.iterdir()):
         raise StartupError(f"context folder '{context}' is not empty")
     shutil.copy(DOCKERFILE, context / "Dockerfile")
     (context / ".dockerignore").write_text("**/__pycache__\n")
-    plugin_dir = context / "plugin"
-    plugin_dir.mkdir()
-    for source in Path(plugin_file).resolve().parent.glob("*.py"):  # a plugin may import its siblings
-        shutil.copy(source, plugin_dir / source.name)
-    print(f"docker-build: plugin {plugin_file} -> {plugin_dir}", file=sys.stderr)
-    download_model(model_uri, context / "model")
-    (context / "requirements.txt").write_text("".join(f"{p}\n" for p in packages))
+    given = settings.model_dump(mode="json", exclude_unset=True)
+    conf = {"host": "0.0.0.0", "port": CONTAINER_PORT,
+            **{key: value for key, value in given.items() if key not in IMAGE_SETTINGS + BUILD_SETTINGS}}
+    several = conf.get("models", [])
+    for entry in several:
+        entry.pop("packages", None)  # installed in the image with the others
+    copy_plugins(context, [conf, *several])
+    requirements = settings.all_packages()
+    # Where each model goes in the image: model/ for one, model/NAME/ for several; none with --no-model.
+    if no_model:
+        places = {}
+    elif several:
+        places = {f"model/{entry['name']}": entry for entry in several}
+    else:
+        places = {"model": conf}
+    for place, entry in places.items():
+        download_model(entry["model_uri"], context / place)
+        if settings.install_model_requirements:
+            requirements += [r for r in read_model_requirements(str(context / place)) if r not in requirements]
+        entry["model_uri"] = place
+    (context / "model").mkdir(exist_ok=True)  # empty with --no-model: the Dockerfile copies it all the same
+    if places and not several:  # the V2 name a models:/ URI gave, kept for the downloaded copy
+        conf["model_name"] = settings.served_models()[0].name
+    (context / "requirements.txt").write_text("".join(f"{p}\n" for p in requirements))
     (context / "conf.yaml").write_text(
-        "# The image's settings; flags after `docker run IMAGE` override them.\n"
-        f"host: 0.0.0.0\nport: {CONTAINER_PORT}\n"
-        f"plugin: plugin/{Path(plugin_file).name}\nplugin_class: {plugin_class}\n"
-        "model_uri: model\n"
-        "# The packages are installed in the image (requirements.txt).\n"
-        "workers: 1\n"
-    )
+        "# The image's settings. MLFLOW_PSS_* variables and the flags after `docker run IMAGE` override them;\n"
+        "# PORT (KServe's, Cloud Run's) sets the port. The packages are installed in the image (requirements.txt).\n"
+        + yaml.safe_dump(conf, sort_keys=False))
     server_wheel(context / "wheels")
+
+
+def copy_plugins(context, entries):
+    """Copy the plugin files that ``entries`` (conf mappings) name, with the .py files beside them (a plugin may
+    import its siblings), into the context's plugin/ folder, and point the entries at the copies. The files of
+    one folder go in plugin/; those of several folders in plugin/1/, plugin/2/..."""
+    files = [entry for entry in entries if is_plugin_file(entry.get("plugin", ""))]
+    folders = list(dict.fromkeys(Path(entry["plugin"]).resolve().parent for entry in files))
+    places = {folder: Path("plugin", str(i) if len(folders) > 1 else "") for i, folder in enumerate(folders, 1)}
+    (context / "plugin").mkdir()  # empty for installed plugins: copied all the same
+    for folder, place in places.items():
+        (context / place).mkdir(exist_ok=True)
+        for source in folder.glob("*.py"):
+            shutil.copy(source, context / place / source.name)
+        print(f"docker-build: plugin folder {folder} -> {context / place}", file=sys.stderr)
+    for entry in files:
+        path = Path(entry["plugin"]).resolve()
+        entry["plugin"] = str(places[path.parent] / path.name)
 
 
 def download_model(model_uri, dest):
@@ -95,6 +139,7 @@ def download_model(model_uri, dest):
     import mlflow.artifacts
 
     print(f"docker-build: model {model_uri} -> {dest}", file=sys.stderr)
+    dest.parent.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         shutil.move(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp), dest)
     for cache in dest.rglob("__pycache__"):
@@ -155,13 +200,20 @@ def build_command(builder, context, image, base_image):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    packages = [p.strip() for p in args.packages.split(",") if p.strip()]
-    context = Path(args.context_dir or tempfile.mkdtemp(prefix="mlflow-pss-docker-"))
+    flags = {key: value for key, value in vars(args).items() if key in FIELDS}
+    if args.no_model:
+        flags["model_uri"] = args.model_uri or MOUNTED_MODEL
     try:
-        check_model_uri(args.model_uri)
-        if not os.path.isfile(args.plugin_file):
-            raise StartupError(f"plugin file '{args.plugin_file}' does not exist")
-        write_context(context, args.model_uri, args.plugin_file, args.plugin_class, packages)
+        settings = build_settings(args.conf, **flags)
+        if args.no_model and settings.install_model_requirements:
+            raise StartupError("--install-model-requirements needs the model: it cannot be read at build time with --no-model")
+        for model in settings.served_models():
+            if is_plugin_file(model.plugin) and not os.path.isfile(model.plugin):
+                raise StartupError(f"plugin file '{model.plugin}' does not exist")
+            if not args.no_model:
+                check_model_uri(model.model_uri)
+        context = Path(args.context_dir or tempfile.mkdtemp(prefix="mlflow-pss-docker-"))
+        write_context(context, settings, args.no_model)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

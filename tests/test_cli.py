@@ -86,6 +86,7 @@ def test_bad_conf_files(tmp_path, conf, message):
         ([], {"MLFLOW_PSS_LOGGING": "{level: [x"}, "error: environment variable MLFLOW_PSS_LOGGING: logging: the value is not valid YAML"),
         ([], {"MLFLOW_PSS_PUBLIC_ENDPOINTS": "health,admin"},
          "error: public_endpoints.1 (from environment variable MLFLOW_PSS_PUBLIC_ENDPOINTS): Input should be 'health'"),
+        ([], {"PORT": "http"}, "error: port (from environment variable PORT): Input should be a valid integer"),
     ],
 )
 def test_bad_flags_and_environment_variables(args, env, message):
@@ -109,6 +110,21 @@ def test_flags_override_the_environment_which_overrides_the_conf_file(tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(proc.stdout)
     assert yaml.safe_load(serve_main("--conf", again, "--print-settings").stdout) == printed
+
+
+def test_port_given_by_a_container_platform(tmp_path):
+    """PORT (KServe, Cloud Run and Knative set it) overrides the conf file's port; MLFLOW_PSS_PORT and --port override it."""
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("model_uri: m\nport: 5010\n")
+
+    def port(*args, **env):
+        proc = serve_main("--conf", conf, *args, "--print-settings", env=env)
+        assert proc.returncode == 0, proc.stderr
+        return yaml.safe_load(proc.stdout)["port"]
+
+    assert port(PORT="8080") == 8080
+    assert port(PORT="8080", MLFLOW_PSS_PORT="5011") == 5011
+    assert port("--port", "5012", PORT="8080") == 5012
 
 
 def test_the_readme_table_is_the_settings():

@@ -133,7 +133,9 @@ def test_cli_errors_are_one_line(state):
         assert f"\n  {key}" in help_text, key
 
 
-def test_client_create_get_predict(client, state, rows, expected):
+def test_client_create_get_predict(client, state, rows, expected, monkeypatch):
+    # A PORT (or MLFLOW_PSS_PORT) here, as a container platform sets, is not the deployment's port: it keeps its own.
+    monkeypatch.setenv("PORT", str(free_port()))
     created = client.create_deployment("wine", str(WINE / "model"), config={"workers": "1", "request_timeout": "30"})
     assert created["name"] == "wine" and created["flavor"] == "python_function" and created["status"] == "ready"
     assert created["url"] == f"http://127.0.0.1:{created['port']}"

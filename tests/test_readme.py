@@ -12,8 +12,10 @@ Each ```bash block is preceded by a marker saying how it is checked:
     <!-- test: curl-keys SAMPLE --> the same, comparing only the JSON keys
     <!-- test: run [slow] -->      run as it is; must exit 0, and print what the ```text block after
                                    it shows (timings aside)
-    <!-- test: docker -->          docker-build, then docker run: run with podman by tests/test_docker.py
-                                   (skipped there, saying why, where podman cannot run)
+    <!-- test: docker [ROLE] -->   docker-build, then docker run: run with podman by tests/test_docker.py
+                                   (skipped there, saying why, where podman cannot run); ROLE `sagemaker`,
+                                   `kserve`: scored as that platform would; `context`: docker-build only, with
+                                   --builder none, its build context checked (not built: it would take minutes)
     <!-- test: bench -->           the benchmark's smoke run: run by tests/test_bench.py, its table checked
     <!-- test: deployments -->     the `mlflow deployments` workflow: run by tests/test_deployments.py, each step checked
     <!-- test: spark-score -->     `spark-score`: run by tests/test_spark.py, its output compared with the server's answers
