@@ -170,6 +170,7 @@ def test_bad_image_options_stop_the_server_with_one_line(sample_models, option, 
     assert_one_line_failure(proc, message)
 
 
+@pytest.mark.slow  # a server process (the inner loop stays under 3 min)
 def test_image_size_that_does_not_fit_the_model_stops_the_server(sample_models):
     proc = run_cli("--plugin", "image", "--plugin-option", "size=32x32", "--model-uri", MNIST / "model", timeout=300)
     assert proc.returncode != 0

@@ -145,6 +145,7 @@ def test_the_image_port_and_serve(no_model_context):
     assert settings("serve", "--port", "7002", PORT="7000", MLFLOW_PSS_PORT="7001")["port"] == 7002
 
 
+@pytest.mark.slow  # a server process (the inner loop stays under 3 min)
 def test_context_runs_as_kserve_runs_it(no_model_context, tmp_path, sample_models):
     """KServe's way: the model mounted at /mnt/models (a copy here, named by MLFLOW_PSS_MODEL_URI), the port in PORT,
     the InferenceService's name as --model-name; a read-only root but /tmp; scored over V2 with tritonclient.
@@ -160,6 +161,7 @@ def test_context_runs_as_kserve_runs_it(no_model_context, tmp_path, sample_model
     assert_wrote_only_to_tmp(server)
 
 
+@pytest.mark.slow  # a server process (the inner loop stays under 3 min)
 def test_context_runs_as_sagemaker_runs_it(no_model_context, tmp_path, sample_models):
     """SageMaker's way: `serve` as the argument, the model where SageMaker extracts it (/opt/ml/model; the sample's folder
     here), then /ping and /invocations. On a free PORT: 8080, serve's own, may be taken here (test_the_image_port_and_serve)."""

@@ -310,6 +310,7 @@ def test_the_readme_shows_the_sample_conf():
 # --- processes
 
 
+@pytest.mark.slow  # a server process (the inner loop stays under 3 min)
 def test_a_model_no_worker_can_load_stops_the_server_naming_it(tmp_path, sample_models):
     conf = write_conf(tmp_path, models=[WINE_MODELS[0], {"name": "unreadable", "model_uri": str(WINE / "model"),
                                                          "plugin": str(TEST_PLUGINS / "behaviours.py"),
@@ -336,6 +337,7 @@ def worker_states(server, name, want, timeout):
     raise AssertionError(f"workers' states of {name} after {timeout} s: {states}")
 
 
+@pytest.mark.slow  # a server process (the inner loop stays under 3 min)
 def test_unload_and_load_reach_every_worker(start_server, two_wines):
     """Through Triton's client: one unload (or load) answered by one worker reaches the other within a second."""
     server = start_server("--conf", two_wines, "--workers", 2, "--model-repository").wait_workers_ready(4)
