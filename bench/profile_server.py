@@ -111,7 +111,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     wrk = run.find_wrk()
     servers = run.make_cases(shlex.split(args.ours_args), ceiling=True)[args.case].servers
-    server = servers[{"ours": 0, "mlflow": 1, "flask": -1}[args.server]]
+    group = {"ours": "ours", "mlflow": "MLflow", "flask": "trivial Flask"}[args.server]
+    server = next(s for s in servers if group in s.groups)  # the first form: ours' own route, MLflow's dataframe_split
     with tempfile.TemporaryDirectory(prefix="mlflow-pss-profile-") as tmp:
         proc, url, started = run.start(server, tmp)
         try:
