@@ -43,8 +43,8 @@ step("master: load the plugin file", "plugin = w.load_plugin({plugin!r}, 'plugin
 step("master: import gunicorn.app.base, workers", "import gunicorn.app.base, mlflow_pluggable_scoring_server.workers")
 step("worker: import app (Flask, Flask-RESTX)", "import mlflow_pluggable_scoring_server.app")
 step("worker: import prometheus_client, Metrics()", "from mlflow_pluggable_scoring_server.metrics import Metrics, cleanup, prepare; d = prepare(); Metrics()")
-step("worker: create_app", "from mlflow_pluggable_scoring_server.scoring import Scorer; from mlflow_pluggable_scoring_server.config import build_settings; "
-     "from mlflow_pluggable_scoring_server.app import create_app; s = Scorer(plugin); create_app(s, build_settings(None, plugin={plugin!r}, model_uri={model!r}))")
+step("worker: create_app", "from mlflow_pluggable_scoring_server.config import build_settings; "
+     "app, r = w.build_app(build_settings(None, plugin={plugin!r}, model_uri={model!r}), [plugin], None); s = r.default.scorer")
 for lib in {libs!r}:
     step(f"worker: load_model's import {{lib}}", f"import {{lib}}")
 step("worker: plugin.load_model (the rest: reading the model)", "s.load({model!r})")

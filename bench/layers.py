@@ -36,14 +36,16 @@ def main(argv=None):
     from mlflow_pluggable_scoring_server.config import build_settings
     from mlflow_pluggable_scoring_server.metrics import Metrics, cleanup, prepare
     from mlflow_pluggable_scoring_server.plugin import Payload, load_plugin
+    from mlflow_pluggable_scoring_server.repository import Repository, ServedModel
     from mlflow_pluggable_scoring_server.scoring import Scorer
 
     server = run.make_cases([], ceiling=False)[args.case].servers[0]
     conf = server.argv[server.argv.index("--conf") + 1]
     settings = build_settings(conf)
     plugin = load_plugin(settings.plugin, settings.plugin_class)
-    scorer = Scorer(plugin, timeout=settings.request_timeout)
-    scorer.load(settings.model_uri)
+    served = ServedModel(settings.served_models()[0], plugin, lambda: Scorer(plugin, timeout=settings.request_timeout))
+    served.load()
+    scorer, repository = served.scorer, Repository([served])
     body, ctype = server.body, server.content_type
     payload = Payload(body, ctype, {})
     rows = [("plugin.predict (decode + model)", lambda: plugin.predict(scorer.model, payload)),
@@ -60,10 +62,10 @@ def main(argv=None):
         metrics = Metrics()
         rows.append(("Metrics.observe alone (one request's counter and histogram)",
                      lambda: metrics.observe("/api/predict", "POST", 200, 0.001)))
-        client = create_app(scorer, settings, metrics=metrics).test_client()
+        client = create_app(repository, settings, metrics=metrics).test_client()
         rows.append(("Flask app, test client (+ Flask-RESTX, werkzeug, metrics)",
                      lambda: client.post("/api/predict", data=body, headers={"Content-Type": ctype})))
-        client_plain = create_app(scorer, settings).test_client()
+        client_plain = create_app(repository, settings).test_client()
         rows.append(("Flask app without metrics",
                      lambda: client_plain.post("/api/predict", data=body, headers={"Content-Type": ctype})))
         from trivial_app import app as trivial
