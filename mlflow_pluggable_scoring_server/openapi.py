@@ -135,15 +135,16 @@ _TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "propert
     "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
     "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
                                            "INT64", "FP16", "FP32", "FP64", "BYTES"]},
-    "parameters": {"type": "object"}, "data": {"type": "array", "items": {}}}}
+    "parameters": {"type": "object", "nullable": True}, "data": {"type": "array", "items": {}}}}
 V2_SCHEMAS = {
     "V2Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "V2Tensor": _TENSOR,
+    # The optional members may also be null (as absent).
     "V2InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "id": {"type": "string", "nullable": True}, "parameters": {"type": "object", "nullable": True},
         "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}},
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
+        "outputs": {"type": "array", "nullable": True, "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object", "nullable": True}}}}}},
     "V2InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
         "parameters": {"type": "object"}, "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}}}},

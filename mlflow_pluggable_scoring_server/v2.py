@@ -153,7 +153,8 @@ def decode_request(body, header_length=None):
         raise InvalidInput(f"the body has {len(binary) - offset} bytes more than the inputs'"
                            " binary_data_size add up to")
     _unique([tensor.name for tensor in inputs], "inputs")
-    outputs = doc.get("outputs") or []
+    outputs = doc.get("outputs")
+    outputs = [] if outputs is None else outputs
     if not isinstance(outputs, list):
         raise InvalidInput('"outputs" must be a list')
     outputs = [_read_output(index, item) for index, item in enumerate(outputs)]

@@ -101,7 +101,7 @@ def test_plugin_udf_scores_binary_files_like_the_server(spark, digits, mnist_ser
 def test_plugin_udf_scores_a_json_string_column_like_the_server(spark, wine_server):
     from mlflow_pluggable_scoring_server.spark import plugin_udf
 
-    bodies = wine_requests() + ['{"columns": [], "data": []}']
+    bodies = wine_requests() + ['{"columns": ["alcohol"], "data": []}']
     frame = spark.createDataFrame([(i, body) for i, body in enumerate(bodies)], "id int, body string")
     score = plugin_udf(WINE / "plugin.py", str(WINE / "model"))
     rows = frame.select("id", score("body").alias("r")).orderBy("id").select("r.*").collect()

@@ -160,6 +160,7 @@ BAD_REQUESTS = {
     "classification": (_doc(_input(data=[1]), outputs=[{"name": "y", "parameters": {"classification": 3}}]), None,
                        "classification extension is not supported"),
     "outputs not a list": (_doc(_input(data=[1]), outputs="s3cr3t"), None, '"outputs" must be a list'),
+    "outputs an empty object": (_doc(_input(data=[1]), outputs={}), None, '"outputs" must be a list'),  # found by schemathesis
     "duplicate outputs": (_doc(_input(data=[1]), outputs=[{"name": "y"}, {"name": "y"}]), None, "same name"),
     "binary size not a number": (*_binary(_doc(_input(parameters={"binary_data_size": "s3cr3t"})), b"31337"),
                                  "binary_data_size must be a non-negative integer"),
