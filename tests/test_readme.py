@@ -12,7 +12,7 @@ Each ```bash block is preceded by a marker saying how it is checked:
     <!-- test: curl-keys SAMPLE --> the same, comparing only the JSON keys
     <!-- test: run [slow] -->      run as it is; must exit 0, and print what the ```text block after
                                    it shows (timings aside)
-    <!-- test: docker [ROLE] -->   docker-build, then docker run: run with podman by tests/test_docker.py
+    <!-- test: docker [ROLE] -->   docker-build, then docker run: run with podman by tests/test_docker_images.py
                                    (skipped there, saying why, where podman cannot run); ROLE `sagemaker`,
                                    `kserve`: scored as that platform would; `context`: docker-build only, with
                                    --builder none, its build context checked (not built: it would take minutes)
