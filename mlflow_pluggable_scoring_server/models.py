@@ -69,28 +69,30 @@ def check_model_uri(model_uri):
         in_child(_check_registered, model_uri, scheme)
 
 
-def in_child(task, *args):
-    """Run ``task(*args)`` in a forked child process; a :class:`StartupError` it raises is raised here."""
+def in_child(task, *args, ended="the check ended its process"):
+    """``task(*args)`` run in a forked child process: what it returns (JSON-able), or the :class:`StartupError`
+    it raises, raised here in one line; ``ended``: the error when the child ends without a word."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, then leave without running any exit handler of the parent's
         os.close(read_end)
         try:
-            task(*args)
-            error = ""
+            report = {"result": task(*args)}
         except StartupError as e:
-            error = str(e)
+            report = {"error": str(e)}
         except BaseException as e:  # noqa: BLE001 -- whatever it is, the parent says it in one line
-            error = f"{type(e).__name__}: {e}"
+            report = {"error": f"{type(e).__name__}: {e}"}
         with os.fdopen(write_end, "w") as out:
-            out.write(error)
+            json.dump(report, out)
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as answer:
-        error = answer.read()
+        text = answer.read()
     os.waitpid(pid, 0)
-    if error:
-        raise StartupError(error.splitlines()[0])
+    report = json.loads(text) if text else {"error": ended}
+    if "error" in report:
+        raise StartupError((report["error"].splitlines() or [ended])[0])
+    return report["result"]
 
 
 def _check_registered(model_uri, scheme):

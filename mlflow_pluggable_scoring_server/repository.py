@@ -43,7 +43,7 @@ class ServedModel:
         from .rollout import follows_registry
 
         version = model_version(self.uri) if follows_registry(self.uri) else None
-        self.scorer.load(pinned_uri(self.uri, version) if version else self.uri)
+        self.scorer.load(pinned_uri(self.uri, version) if version else self.uri, version)
         self.unloaded = False
         if metrics:
             metrics.serving(self.name, self.scorer.version)

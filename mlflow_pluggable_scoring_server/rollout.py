@@ -70,7 +70,7 @@ def roll_out(model, metrics):
     logger.info("model %s: loading version %s (%s) beside version %s", model.name, version, model.uri, current.version)
     scorer = model.make_scorer()
     try:
-        scorer.load(pinned_uri(model.uri, version))
+        scorer.load(pinned_uri(model.uri, version), version)
         example = scorer.example()
         if example is not None:  # a version that cannot score its own example is not served
             scorer.score(example[0], example[1], None)

@@ -20,7 +20,7 @@ from .batching import Batcher
 from .decoders import check_json_containers
 from .errors import InvalidInput, NotReady, RequestTimeout, ScoringError
 from .media import JSON, check_content_type, diagnose, encode, is_text, negotiate
-from .models import model_name, model_version
+from .models import model_version, pinned_uri
 from .plugin import Payload, request_media_types, response_media_types
 
 logger = logging.getLogger(__name__)
@@ -145,12 +145,13 @@ class Scorer:
         self.model_uri = self.version = None  # the registry version loaded, for a models:/ URI
         self.response_types = response_media_types(plugin)
 
-    def load(self, model_uri):
-        """Load the model with the plugin (may take long: call it off the serving thread)."""
+    def load(self, model_uri, version=None):
+        """Load the model with the plugin (may take long: call it off the serving thread). ``version``: the
+        registry version ``model_uri`` names, when the caller has looked it up; else it is looked up here."""
         self.model = self.plugin.load_model(model_uri)
         self.model_uri = model_uri
         try:
-            self.version = model_version(model_uri)
+            self.version = version or model_version(model_uri)
         except Exception as e:  # the registry went away after the load: the version stays unknown
             logger.warning("the registry version of %s is unknown: %s", model_uri, e)
         if self.max_batch_size > 1:
@@ -178,7 +179,7 @@ class Scorer:
             from mlflow.models import get_model_info
 
             # The version loaded, not the one an alias or a stage points at now.
-            uri = f"models:/{model_name(self.model_uri)}/{self.version}" if self.version else self.model_uri
+            uri = pinned_uri(self.model_uri, self.version) if self.version else self.model_uri
             return get_model_info(uri).signature
         except Exception as e:
             logger.warning("the signature of %s cannot be read: %s: %s", self.model_uri, type(e).__name__, e)

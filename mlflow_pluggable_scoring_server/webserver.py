@@ -10,7 +10,6 @@ Runtime and Spark are not fork-safe, and a plugin's import-time state is the wor
 
 import argparse
 import functools
-import json
 import logging
 import logging.config
 import math
@@ -23,7 +22,7 @@ from .batching import batch_settings
 from .config import add_setting_flags, build_settings
 from .envs import prepare_environment
 from .errors import StartupError
-from .models import check_model_uri
+from .models import check_model_uri, in_child
 from .plugin import load_plugin
 from .rollout import start_polling
 
@@ -243,37 +242,26 @@ def check_plugin(settings):
     every worker forked from the master. Raises :class:`StartupError` with the child's reason.
     """
     models = settings.served_models()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, then leave without running any exit handler of the parent's
-        os.close(read_end)
-        report = {"models": []}
-        for model in models:
-            try:
-                plugin = load_plugin(model.plugin, model.plugin_class, model.plugin_options)
-                resolved = batch_settings(model, plugin)
-                report["models"].append({"batch": [resolved.max_batch_size, resolved.max_batch_time_ms],
-                                         "plugin": repr(plugin)})
-            except StartupError as e:
-                report = {"error": f"{model_label(settings, model)}{e}"}
-            except BaseException as e:  # noqa: BLE001 -- whatever it is, the parent says it in one line
-                report = {"error": f"{model_label(settings, model)}plugin '{model.plugin}' cannot be loaded: "
-                                   f"{type(e).__name__}: {e}"}
-            if "error" in report:
-                break
-        with os.fdopen(write_end, "w") as out:
-            json.dump(report, out)
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as answer:
-        text = answer.read()
-    os.waitpid(pid, 0)
-    report = json.loads(text) if text else {"error": "a plugin cannot be loaded: its import ended the process"}
-    if "error" in report:
-        raise StartupError(report["error"].splitlines()[0] if report["error"] else "the plugin cannot be loaded")
+    report = in_child(_plugins_report, settings, models, ended="a plugin cannot be loaded: its import ended the process")
     resolved = [model.model_copy(update={"max_batch_size": m["batch"][0], "max_batch_time_ms": m["batch"][1]})
-                for model, m in zip(models, report["models"])]
-    return with_models(settings, resolved), ", ".join(m["plugin"] for m in report["models"])
+                for model, m in zip(models, report)]
+    return with_models(settings, resolved), ", ".join(m["plugin"] for m in report)
+
+
+def _plugins_report(settings, models):
+    """In the child of :func:`check_plugin`: each model's plugin and batching, or StartupError naming the model."""
+    report = []
+    for model in models:
+        try:
+            plugin = load_plugin(model.plugin, model.plugin_class, model.plugin_options)
+            resolved = batch_settings(model, plugin)
+        except StartupError as e:
+            raise StartupError(f"{model_label(settings, model)}{e}") from None
+        except BaseException as e:  # noqa: BLE001 -- whatever it is, the parent says it in one line
+            raise StartupError(f"{model_label(settings, model)}plugin '{model.plugin}' cannot be loaded: "
+                               f"{type(e).__name__}: {e}") from None
+        report.append({"batch": [resolved.max_batch_size, resolved.max_batch_time_ms], "plugin": repr(plugin)})
+    return report
 
 
 def with_models(settings, models):
