@@ -19,7 +19,7 @@ import sys
 import time
 
 from .errors import NotAcceptable, ScoringError, StartupError
-from .media import ENCODERS, JSON, matches, parse_media_type
+from .media import ENCODERS, JSON, is_json, matches, parse_media_type
 from .offline import add_plugin_args, args_settings, command_logging, content_type_for, failure_reason
 from .plugin import BasePlugin, load_plugin
 
@@ -142,7 +142,7 @@ def run_checks(settings, sample, content_type, report):
     malformed = [("random bytes", RANDOM_BYTES)]
     if body is not None and len(body) > 1:
         malformed.append(("truncated sample", body[: len(body) // 2]))
-    if content_type == JSON or content_type.endswith("+json"):
+    if is_json(content_type):
         malformed.append(("JSON of another shape", OTHER_JSON))
     for name, bad in malformed:
         check_refusal(scorer, report, f"{name} as {content_type}", bad, content_type)

@@ -149,9 +149,14 @@ def encode(result, media_type):
     return encoder(result)
 
 
+def is_json(media_type):
+    """Whether a body of ``media_type`` is JSON (``application/json`` or a ``+json`` type)."""
+    return media_type == JSON or media_type.endswith("+json")
+
+
 def is_text(media_type):
     """Whether a body of ``media_type`` is text (JSON, CSV, plain text...) rather than bytes (an image, Parquet)."""
-    return media_type == JSON or media_type.endswith("+json") or media_type.startswith("text/")
+    return is_json(media_type) or media_type.startswith("text/")
 
 
 def diagnose(payload):
@@ -165,7 +170,7 @@ def diagnose(payload):
 
     media_type = payload.media_type or ""
     try:
-        if media_type == JSON or media_type.endswith("+json"):
+        if is_json(media_type):
             read_json(payload)
         elif media_type.startswith("image/") or payload.startswith(IMAGE_MAGIC):
             read_image(payload)

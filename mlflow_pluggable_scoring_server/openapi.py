@@ -6,15 +6,17 @@ with the plugin's media types, binary ones as ``format: binary``, and the UI off
 a file picker for them.
 """
 
-SCORING_PATHS = ("/api/predict", "/invocations")  # /invocations: MLflow's name for the same endpoint
-# MLflow's answers here are labelled application/json but are not JSON ("\n", "3.1.0"), so
-# their success is declared without a body schema that clients would try to parse.
-UNDESCRIBED_PATHS = ("/ping", "/health", "/version")
-
 import base64
 import json
 from http import HTTPStatus
 from typing import NamedTuple
+
+from .media import is_json
+
+SCORING_PATHS = ("/api/predict", "/invocations")  # /invocations: MLflow's name for the same endpoint
+# MLflow's answers here are labelled application/json but are not JSON ("\n", "3.1.0"), so
+# their success is declared without a body schema that clients would try to parse.
+UNDESCRIBED_PATHS = ("/ping", "/health", "/version")
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -58,7 +60,7 @@ def request_content(request_types, example):
 
 def body_schema(media_type):
     """Schema of a body of ``media_type``: JSON is any JSON value, text is a string, the rest binary."""
-    if media_type == "application/json" or media_type.endswith("+json"):
+    if is_json(media_type):
         return {}
     if media_type.startswith("text/"):
         return {"type": "string"}

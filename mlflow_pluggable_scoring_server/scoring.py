@@ -19,7 +19,7 @@ from functools import partial
 from .batching import Batcher
 from .decoders import check_json_containers
 from .errors import InvalidInput, NotReady, RequestTimeout, ScoringError
-from .media import JSON, check_content_type, diagnose, encode, is_text, negotiate
+from .media import check_content_type, diagnose, encode, is_json, is_text, negotiate
 from .models import model_version, pinned_uri
 from .plugin import Payload, request_media_types, response_media_types
 
@@ -217,7 +217,7 @@ class Scorer:
         media_type, params = check_content_type(content_type, self.request_types)
         if not body:
             raise InvalidInput("request body is empty")
-        if media_type == JSON or media_type.endswith("+json"):  # whatever parses it: the plugin, pandas, MLflow
+        if is_json(media_type):  # whatever parses it: the plugin, pandas, MLflow
             check_json_containers(body)
         response_type = negotiate(accept, self.response_types)
         payload = Payload(body, media_type, params)
