@@ -126,7 +126,10 @@ def test_plugin_import_state_belongs_to_its_worker(start_server):
     """The master never imports the plugin: each worker imports it (a Spark session made at import is the worker's)."""
     server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.ImportPid",
                           "--model-uri", WINE / "model", "--workers", "2").wait_workers_ready(2)
-    answers = [server.predict(BODY).json() for _ in range(40)]
+    answers = []
+    while len(answers) < 400 and (len(answers) < 40 or len({a["pid"] for a in answers}) < 2):
+        # The kernel may hand a busy machine's connections to one worker many times in a row: ask until both answered.
+        answers.append(server.predict(BODY).json())
     assert all(a["imported_in"] == a["pid"] for a in answers), answers
     assert len({a["pid"] for a in answers}) == 2
 
