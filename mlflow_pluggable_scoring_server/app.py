@@ -5,7 +5,6 @@ It moves bytes and headers in and out and turns every error into
 """
 
 import functools
-import hmac
 import logging
 import os
 import sys
@@ -14,11 +13,12 @@ from http import HTTPStatus
 
 from flask import Flask, Response, g, jsonify, redirect, request
 from flask_restx import Api, Resource
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from . import __version__
-from .errors import InvalidInput, NotReady, ScoringError, Unauthorized
+from .errors import NotReady, ScoringError, TooLarge, Unauthorized
 from .openapi import ModelDoc, openapi_spec
+from .scoring_routes import CHALLENGE, ScoringRoutes, check_token, error_json
 from .v2_endpoints import add_v2_endpoints
 
 logger = logging.getLogger(__name__)
@@ -26,10 +26,10 @@ logger = logging.getLogger(__name__)
 
 def error_body(e):
     """The JSON body, status and headers of any error; never a traceback, never the input."""
-    headers, error_code = {}, None
     if isinstance(e, ScoringError):
-        status, message, error_code = e.status_code, e.message, e.error_code
-    elif isinstance(e, HTTPException):
+        body, status = error_json(e, request.path)
+        return body, status, {}
+    if isinstance(e, HTTPException):
         headers = {k: v for k, v in e.get_headers() if k.lower() == "allow"}
         status = HTTPStatus(e.code)
         # Nothing of the request is echoed, not even its path.
@@ -37,38 +37,13 @@ def error_body(e):
             HTTPStatus.NOT_FOUND: "no such endpoint; the API is described at /api/swagger",
             HTTPStatus.METHOD_NOT_ALLOWED: "method not allowed here; allowed: "
             + ", ".join(sorted(set(getattr(e, "valid_methods", None) or []) - {"HEAD", "OPTIONS"})),
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "request body is larger than the server's limit "
-            f"of {request.max_content_length} bytes",
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE: TooLarge(request.max_content_length).message,
         }.get(status, e.description)
-    else:
-        logger.error("unexpected error on %s %s", request.method, request.path, exc_info=e)
-        status, message = HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error"
-    if request.path == "/v2" or request.path.startswith("/v2/"):  # the Open Inference Protocol's shape
-        return {"error": message}, status, headers
-    return {"error_code": error_code or status.name, "message": message}, status, headers
-
-
-def request_body(limit):
-    """The request body; 413 when it is over ``limit`` bytes, chunked bodies included.
-
-    400 when it ends before its Content-Length or its chunked framing is broken; the read
-    deadline's 408 (raised by the worker's socket) passes through.
-    """
-    length = request.content_length
-    try:
-        if length is not None:
-            body = request.get_data(cache=False)  # werkzeug refuses a long Content-Length unread
-        else:
-            body = request.environ["wsgi.input"].read(limit + 1)  # werkzeug would cut it short silently
-    except (ScoringError, HTTPException):  # the read deadline's 408, werkzeug's 413
-        raise
-    except Exception:  # the server's reader: a malformed chunk size, a missing terminator, a reset
-        raise InvalidInput("the request body cannot be read: its chunked framing is malformed or it was cut off") from None
-    if length is not None and len(body) < length:
-        raise InvalidInput(f"the request body ended after {len(body)} of the {length} bytes its Content-Length announced")
-    if len(body) > limit:
-        raise RequestEntityTooLarge()
-    return body
+        body, status = error_json(ScoringError(message, status), request.path)
+        return body, status, headers
+    logger.error("unexpected error on %s %s", request.method, request.path, exc_info=e)
+    body, status = error_json(ScoringError("internal server error"), request.path)
+    return body, status, {}
 
 
 def endpoint_group(path):
@@ -117,16 +92,16 @@ def create_app(repository, settings, metrics=None, token=None):
 
     if token:
         expected = f"Bearer {token}".encode()
-        challenge = 'Bearer realm="mlflow-pluggable-scoring-server"'
 
         @app.before_request
         def authenticate():
             if endpoint_group(request.path) in settings.public_endpoints:
                 return None
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                body, status, _ = error_body(Unauthorized("send the server's token as 'Authorization: Bearer <token>'"))
-                return jsonify(body), status, {"WWW-Authenticate": challenge}
+            try:
+                check_token(request.headers.get("Authorization", ""), expected)
+            except Unauthorized as e:
+                body, status, _ = error_body(e)
+                return jsonify(body), status, {"WWW-Authenticate": CHALLENGE}
             return None
 
     if metrics:
@@ -152,30 +127,24 @@ def create_app(repository, settings, metrics=None, token=None):
             metrics.prediction_errors.labels(e.error_code, g.get("model", "")).inc()
         return error_body(e)  # Flask and Flask-RESTX views alike make the dict JSON
 
-    def served(name=None):
-        """The model a scoring request names (404 for none served here), or the first; noted for the metrics."""
-        model = repository.get(name) if name is not None else repository.default
-        g.model = model.name
-        if model.unloaded:
-            raise NotReady(f"model {model.name!r} is unloaded; POST /v2/repository/models/{model.name}/load loads it")
-        return model
+    # POST on the scoring routes is answered in front of Flask (scoring_routes.py); their views here are
+    # for the API document, other methods and misspelled paths, and pass a POST that reaches them back.
+    routes = app.wsgi_app = ScoringRoutes(app.wsgi_app, repository, settings, metrics, token)
 
-    def score(model=None):
-        """Answer a scoring request: /api/predict, MLflow's /invocations and their routes per model alike."""
+    def score(**kwargs):
+        return Response.from_app(routes, request.environ)
+
+    def served(name=None):
+        """The model a request names (404 for none served here), or the first; noted for the metrics."""
+        noted = []
         try:
-            body, media_type = served(model).scorer.score(
-                request_body(settings.max_request_bytes),
-                request.headers.get("Content-Type"),
-                request.headers.get("Accept"),
-            )
-        except ScoringError as e:
-            return scoring_error(e)
-        return Response(body, status=200, content_type=media_type)
+            return routes.served(name, noted)
+        finally:
+            g.model = noted[0] if noted else ""
 
     for rule in ("/api/models/<model>/predict", "/invocations/<model>"):  # documented in openapi.py, per model
         app.add_url_rule(rule, endpoint=rule, view_func=score, methods=["POST"])
-    v2_metadata = add_v2_endpoints(app, repository, served, lambda: request_body(settings.max_request_bytes),
-                                   scoring_error, settings.model_repository)
+    v2_metadata = add_v2_endpoints(app, repository, served, score, scoring_error, settings.model_repository)
 
     @ns.route("/predict")
     class Predict(Resource):

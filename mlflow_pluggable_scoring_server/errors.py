@@ -36,6 +36,15 @@ class UnsupportedMediaType(ScoringError):
     status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
+class TooLarge(ScoringError):
+    """The request body is larger than the server's limit (413)."""
+
+    status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+    def __init__(self, limit):
+        super().__init__(f"request body is larger than the server's limit of {limit} bytes")
+
+
 class NotAcceptable(ScoringError):
     """No media type the caller accepts can be produced (406)."""
 

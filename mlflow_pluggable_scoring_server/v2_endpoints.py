@@ -5,19 +5,17 @@ read and written by :mod:`.v2`, the model is called by :meth:`.scoring.Scorer.in
 ``{"error": "..."}`` with their status (see ``app.error_body``), as the protocol says.
 """
 
-import re
 import threading
 from http import HTTPStatus
 
-from flask import Response, jsonify, request
+from flask import jsonify
 
 from . import __version__
-from .errors import InvalidInput, NotReady, ScoringError
+from .errors import NotReady, ScoringError
 from .media import is_text
 
 SERVER_NAME = "mlflow-pluggable-scoring-server"
 EXTENSIONS = ["binary_tensor_data"]
-HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "mlflow"
 # What a plugin with no V2 method of its own takes (Scorer.infer): one BYTES input, each element a request body.
 BODIES_INPUT = {"name": "input-0", "datatype": "BYTES", "shape": [-1]}
@@ -27,20 +25,25 @@ class NotFound(ScoringError):
     status_code = HTTPStatus.NOT_FOUND
 
 
-def add_v2_endpoints(app, repository, served, read_body, on_error, repository_extension=False):
+def check_version(scorer, name, version):
+    """404 unless model ``name``'s ``scorer`` is at ``version``, when one is asked for (known once it is loaded)."""
+    if version is not None and scorer.ready.is_set() and version != scorer.version:
+        known = f"version {scorer.version}" if scorer.version else "no registry version"
+        raise NotFound(f"model {name!r} has no such version here; it is served at {known}")
+
+
+def add_v2_endpoints(app, repository, served, infer, on_error, repository_extension=False):
     """Add the V2 endpoints to ``app``, for the models of ``repository``. ``served(name)`` is the model of that
-    name (404 for none), noted for the metrics; ``read_body()`` reads a request body within the server's limit;
-    ``on_error(e)`` renders a :class:`ScoringError` (and counts it); ``repository_extension``: add the model
-    repository extension's endpoints. Returns a function giving a served model's V2 metadata once it is loaded."""
+    name (404 for none), noted for the metrics; ``infer`` is the view of the infer routes (answered by
+    :mod:`.scoring_routes` before Flask); ``on_error(e)`` renders a :class:`ScoringError` (and counts it);
+    ``repository_extension``: add the model repository extension's endpoints. Returns a function giving a
+    served model's V2 metadata once it is loaded."""
     metadata_lock = threading.Lock()
 
     def loaded(name, version):
-        """The model named ``name``, served at ``version`` if given (a version is known once loaded), and loaded."""
+        """The model named ``name``, served at ``version`` if given."""
         model = served(name)
-        scorer = model.scorer
-        if version is not None and scorer.ready.is_set() and version != scorer.version:
-            known = f"version {scorer.version}" if scorer.version else "no registry version"
-            raise NotFound(f"model {model.name!r} has no such version here; it is served at {known}")
+        check_version(model.scorer, model.name, version)
         return model
 
     def model_metadata(model):
@@ -99,24 +102,6 @@ def add_v2_endpoints(app, repository, served, read_body, on_error, repository_ex
             raise NotReady("the model is still loading; retry shortly")
         return jsonify(model_metadata(model))
 
-    def infer(model, version=None):
-        from .v2 import decode_request, encode_response, from_model_output
-
-        model = loaded(model, version)
-        scorer = model.scorer  # this request's, whatever a rollout does meanwhile
-        if not scorer.ready.is_set():
-            raise NotReady("the model is still loading; retry shortly")
-        header_length = request.headers.get(HEADER_LENGTH)
-        if header_length is not None:
-            if not re.fullmatch(r"\s*[0-9]+\s*", header_length):  # int() takes other digits, str.isdigit others
-                raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer")
-            header_length = int(header_length)
-        inference = decode_request(read_body(), header_length)
-        outputs = from_model_output(scorer.infer(inference))
-        body, headers = encode_response(model.name, scorer.version, outputs, id=inference.id,
-                                        requested=inference.outputs, binary_data_output=inference.binary_data_output)
-        return Response(body, status=200, headers=headers)
-
     routes = [
         ("/v2", server_metadata, "GET"),
         ("/v2/health/live", live, "GET"),
@@ -135,5 +120,5 @@ def add_v2_endpoints(app, repository, served, read_body, on_error, repository_ex
             ("/v2/repository/models/<model>/unload", unload, "POST"),
         ]
     for rule, view, method in routes:
-        app.add_url_rule(rule, endpoint=f"v2:{rule}", view_func=endpoint(view), methods=[method])
+        app.add_url_rule(rule, endpoint=f"v2:{rule}", view_func=view if view is infer else endpoint(view), methods=[method])
     return model_metadata
