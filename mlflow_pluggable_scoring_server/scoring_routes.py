@@ -90,9 +90,7 @@ class ScoringRoutes:
     def __call__(self, environ, start_response):
         if environ["REQUEST_METHOD"] != "POST":
             return self.app(environ, start_response)
-        path = environ.get("PATH_INFO", "")
-        if not path.isascii():  # as werkzeug's routing reads it: the bytes are UTF-8
-            path = path.encode("latin-1").decode("utf-8", "replace")
+        path = environ.get("PATH_INFO", "")  # a model's name is ASCII (config.py): no need to decode UTF-8 here
         view, rule, args = self.exact.get(path), path, ()
         if view is None:
             named = NAMED_ROUTES.fullmatch(path)

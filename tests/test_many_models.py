@@ -109,6 +109,25 @@ def test_the_routes_that_name_no_model_serve_the_first(several, path):
     assert several.predict(DIGIT_PNG.read_bytes(), content_type="image/png", path=path).status_code == 415
 
 
+@pytest.mark.parametrize("method, path, status", [
+    ("POST", "/api/predict/", 404), ("POST", "/api//predict", 308), ("POST", "/invocations/", 404),
+    ("POST", "/api/models/wine/predict/", 404), ("POST", "/v2/models/wine/infer/", 404),
+    ("POST", "/v2/models/wine/versions/infer", 405), ("GET", "/v2/models/wine/infer", 405),
+    ("PUT", "/invocations/wine", 405), ("HEAD", "/api/predict", 405), ("OPTIONS", "/api/models/wine/predict", 200),
+])
+def test_near_misses_of_the_scoring_routes_are_answered_as_flask_routes_them(several, method, path, status):
+    """POST on the scoring routes is answered in front of Flask; anything else about their paths is still
+    Flask's (the statuses are those of the server before scoring_routes.py)."""
+    r = several.request(method, path, WINE_JSON.read_bytes(), {"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    if status == 404:
+        assert "no such endpoint" in r.text
+    if status == 405 and method != "HEAD":
+        assert "method not allowed here; allowed: " + ("GET" if "versions" in path else "POST") in r.text
+    if status in (200, 405) and "versions" not in path:
+        assert set(r.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+
+
 @pytest.mark.parametrize("method, path", [("POST", f"/api/models/{UNKNOWN}/predict"), ("POST", f"/invocations/{UNKNOWN}")])
 def test_an_unknown_model_is_404_in_our_shape(several, method, path):
     r = several.request(method, path, WINE_JSON.read_bytes(), {"Content-Type": "application/json"})
