@@ -104,8 +104,9 @@ class DeadlineSocket:
         self.reading, self.deadline = True, None
 
     def done(self):
+        if self.deadline is not None:  # a read set a timeout on the socket
+            self._sock.settimeout(None)
         self.reading, self.deadline = False, None
-        self._sock.settimeout(None)
 
     def _arm(self):
         if not self.reading:
@@ -289,7 +290,7 @@ class ScoringWorker(ThreadWorker):
         self.keepalived_conns.remove(conn)
         done = Future()
         try:
-            done.set_result(self.handle(conn))
+            done.set_result(self.handle(conn, arrived=True))
         except BaseException as e:  # noqa: BLE001 -- finish_request reads it as the thread's outcome
             done.set_exception(e)
         self.finish_request(conn, done)
@@ -300,10 +301,13 @@ class ScoringWorker(ThreadWorker):
         # (a tenth of one once shutting down).
         super().wait_for_and_dispatch_events(min(timeout, 1.0 if self.alive else 0.1))
 
-    def handle(self, conn):
+    def handle(self, conn, arrived=False):
+        """Read and answer a request; ``arrived``: it is whole in the socket's buffer already, so no read can wait
+        and no read deadline is armed (a timeout on the socket costs system calls on every read)."""
         if not isinstance(conn.sock, DeadlineSocket):
             conn.sock = DeadlineSocket(conn.sock, self.scoring["settings"].read_timeout)
-        conn.sock.read_request()
+        if not arrived:
+            conn.sock.read_request()
         return super().handle(conn)
 
     def handle_request(self, req, conn):
