@@ -116,7 +116,11 @@ class Settings(BaseModel):
         " in it; `local` installs them into the server's own environment.", shown="`uv` if there is one, else `virtualenv`")
     install_model_requirements: bool = setting(
         False, "Also install the model's `requirements.txt` (saved by MLflow with the model).")
-    workers: Int = setting(1, "gunicorn worker processes; each loads its own copy of the model.", ge=1)
+    workers: Int = setting(1, "gunicorn worker processes; each loads its own copy of the model, unless it is preloaded.", ge=1)
+    preload: bool = setting(
+        True, "Load a model once, in the master process before the workers fork, when its plugin says it is fork-safe"
+        " (`pyfunc` for scikit-learn models, the sklearn wine sample) and its URI is a local path: the workers share"
+        " its memory. Other models load in each worker. See [Workers and memory](#workers-and-memory).")
     max_request_bytes: Int = setting(16 * 1024 * 1024, "Largest request body; larger ones get 413, chunked bodies included.", ge=1)
     max_image_pixels: Int = setting(25_000_000, "Largest image (width x height) a plugin may decode; larger ones get 400.", ge=1)
     request_timeout: Number = setting(60, "Seconds a prediction may take; slower ones get 504.", gt=0)
@@ -328,8 +332,9 @@ def add_setting_flags(parser, skip=()):
         if name.startswith("plugin"):
             if name == "plugin":
                 add_plugin_flags(parser)
-        elif f.annotation is bool:
-            parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=None, help=flag_help(name))
+        elif f.annotation is bool:  # --flag, and --no-flag for one that is on by default
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            parser.add_argument(f"--{name.replace('_', '-')}", action=action, default=None, help=flag_help(name))
         elif f.json_schema_extra["flag"]:
             parser.add_argument(f"--{name.replace('_', '-')}", metavar=name.split("_")[-1].upper(), help=flag_help(name))
 

@@ -106,6 +106,17 @@ class BasePlugin(metaclass=ABCMeta):
         """
         return None
 
+    def fork_safe(self, model_uri):
+        """Optional: whether the model at ``model_uri`` may be loaded once, in the master process, and shared by the
+        workers forked from it (their memory holds one copy of it).
+
+        Only for a model whose loading starts no thread and opens no connection, file or device
+        that the workers would then share: scikit-learn's, say. TensorFlow, ONNX Runtime and
+        Spark are not. The server asks only for a local model (a path or ``file:`` URI), with the
+        ``preload`` setting on. Default: False, each worker loads its own copy after the fork.
+        """
+        return False
+
     def __repr__(self):
         return f"{type(self).__name__}(request_content_type={self.request_content_type()!r})"
 

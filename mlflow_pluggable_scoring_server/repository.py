@@ -37,13 +37,14 @@ class ServedModel:
         self.metadata = None  # its V2 metadata, once asked for (see v2_endpoints)
         self.unloaded = False  # by V2's repository extension
 
-    def load(self, metrics=None):
+    def load(self, metrics=None, load=None):
         """Load the model into the current scorer (which must not be loaded yet): for a URI that follows the
-        registry, the version it points at now, looked up first (the alias may move while it loads)."""
+        registry, the version it points at now, looked up first (the alias may move while it loads). ``load``:
+        what loads it from its URI, by default the plugin's ``load_model``."""
         from .rollout import follows_registry
 
         version = model_version(self.uri) if follows_registry(self.uri) else None
-        self.scorer.load(pinned_uri(self.uri, version) if version else self.uri, version)
+        self.scorer.load(pinned_uri(self.uri, version) if version else self.uri, version, load)
         self.unloaded = False
         if metrics:
             metrics.serving(self.name, self.scorer.version)

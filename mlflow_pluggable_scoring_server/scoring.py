@@ -145,10 +145,11 @@ class Scorer:
         self.model_uri = self.version = None  # the registry version loaded, for a models:/ URI
         self.response_types = response_media_types(plugin)
 
-    def load(self, model_uri, version=None):
+    def load(self, model_uri, version=None, load=None):
         """Load the model with the plugin (may take long: call it off the serving thread). ``version``: the
-        registry version ``model_uri`` names, when the caller has looked it up; else it is looked up here."""
-        self.model = self.plugin.load_model(model_uri)
+        registry version ``model_uri`` names, when the caller has looked it up; else it is looked up here.
+        ``load``: what loads the model from its URI, by default the plugin's ``load_model``."""
+        self.model = (load or self.plugin.load_model)(model_uri)
         self.model_uri = model_uri
         try:
             self.version = version or model_version(model_uri)

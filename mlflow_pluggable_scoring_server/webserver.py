@@ -3,13 +3,16 @@
     python -m mlflow_pluggable_scoring_server.webserver --conf plugin_samples/sklearn_wine/conf.yaml
     python -m mlflow_pluggable_scoring_server.webserver --plugin-file P --model-uri URI [--port 5005]
 
-The master checks the plugin in a child process and never imports it: each gunicorn
+The master checks the plugin in a child process and does not import it: each gunicorn
 worker imports the plugin and loads its own model after the fork (TensorFlow, ONNX
 Runtime and Spark are not fork-safe, and a plugin's import-time state is the worker's).
+Only a local model whose plugin says it is fork-safe (``fork_safe``; scikit-learn's) is
+loaded by the master, before the fork, and shared by the workers (``preload``).
 """
 
 import argparse
 import functools
+import gc
 import logging
 import logging.config
 import math
@@ -22,7 +25,7 @@ from .batching import batch_settings
 from .config import add_setting_flags, build_settings
 from .envs import prepare_environment
 from .errors import StartupError
-from .models import check_model_uri, in_child
+from .models import check_model_uri, in_child, local_path
 from .plugin import load_plugin
 from .rollout import start_polling
 
@@ -75,8 +78,9 @@ def logging_config(settings):
     }
 
 
-def make_server(settings, token):
-    """A gunicorn application serving ``settings``' plugin and model; each worker loads both."""
+def make_server(settings, token, preloaded=None):
+    """A gunicorn application serving ``settings``' plugin and model; each worker loads both, but the models
+    in ``preloaded`` (see :func:`preload_models`), which the workers share."""
     from gunicorn.app.base import BaseApplication
     from gunicorn.arbiter import Arbiter
     from gunicorn.errors import HaltServer
@@ -130,25 +134,30 @@ def make_server(settings, token):
             self.cfg.set("on_exit", lambda arbiter: metrics.cleanup(*metrics_dir))
 
         def load(self):
-            return load_app(settings, token)
+            return load_app(settings, token, preloaded)
 
     return Server()
 
 
-def load_app(settings, token):
-    """Build the WSGI app in this (worker) process with the plugins imported here, and load the models beside it.
+def load_app(settings, token, preloaded=None):
+    """Build the WSGI app in this (worker) process with the plugins imported here, and load the models beside it;
+    those in ``preloaded`` (name -> (plugin, model), loaded by the master) are served as they are.
 
     The app answers at once in-process; the worker takes connections only once every model is
     loaded. A plugin or a model that cannot be loaded stops the server, naming the model.
     """
+    preloaded = preloaded or {}
     plugins = []
     for model in settings.served_models():
+        if model.name in preloaded:
+            plugins.append(preloaded[model.name][0])
+            continue
         try:
             plugins.append(load_plugin(model.plugin, model.plugin_class, model.plugin_options))
         except StartupError as e:
             stop_worker(f"error: {model_label(settings, model)}{e}")
     app, repository = build_app(settings, plugins, token)
-    threading.Thread(target=load_models, args=(repository, settings), name="load-models", daemon=True).start()
+    threading.Thread(target=load_models, args=(repository, settings, preloaded), name="load-models", daemon=True).start()
     return app
 
 
@@ -183,21 +192,54 @@ def model_label(settings, model):
     return f"model '{model.name}': " if settings.models else ""
 
 
-def load_models(repository, settings):
-    """Load every model, in order; one that cannot be loaded stops the server."""
+def load_models(repository, settings, preloaded=None):
+    """Load every model, in order (those in ``preloaded`` are loaded already); one that cannot be loaded stops the
+    server."""
+    preloaded = preloaded or {}
     for served in repository:
         uri = served.uri
         try:
-            served.load(repository.metrics)
+            if served.name in preloaded:
+                served.load(repository.metrics, load=lambda uri, model=preloaded[served.name][1]: model)
+            else:
+                served.load(repository.metrics)
         except Exception as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            logger.debug("load_model traceback", exc_info=True)
-            stop_worker(f"error: {model_label(settings, served.settings)}plugin {type(served.plugin).__name__} cannot "
-                        f"load model '{uri}': {type(e).__name__}: {reason}")
+            stop_worker(f"error: {load_failure(settings, served.settings, served.plugin, e)}")
         logger.info("ready: %s serves %s%s on http://%s:%s", type(served.plugin).__name__, uri,
                     f" as {served.name}" if settings.models else "", settings.host, settings.port)
     start_polling(repository, settings.registry_poll_seconds, repository.metrics)
     repository.follow_state_file(repository.metrics)
+
+
+def load_failure(settings, model, plugin, e):
+    """The one line that says why ``plugin`` cannot load ``model`` (its settings)."""
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    logger.debug("load_model traceback", exc_info=True)
+    return (f"{model_label(settings, model)}plugin {type(plugin).__name__} cannot load model '{model.model_uri}': "
+            f"{type(e).__name__}: {reason}")
+
+
+def preload_models(settings, names):
+    """Load the models named in ``names`` here, in the master, before the workers fork: they share its memory.
+
+    Returns ``{name: (plugin, model)}``. The objects made so far are then frozen (``gc.freeze``):
+    the workers' garbage collections do not write to their pages, which stay shared.
+    """
+    preloaded = {}
+    for model in settings.served_models():
+        if model.name not in names:
+            continue
+        plugin = load_plugin(model.plugin, model.plugin_class, model.plugin_options)
+        try:
+            preloaded[model.name] = (plugin, plugin.load_model(model.model_uri))
+        except Exception as e:
+            raise StartupError(load_failure(settings, model, plugin, e)) from None
+        logger.info("loaded %s before forking the workers: %s share it", model.model_uri,
+                    "the worker" if settings.workers == 1 else f"the {settings.workers} workers")
+    if preloaded:
+        gc.collect()
+        gc.freeze()
+    return preloaded
 
 
 def stop_worker(line):
@@ -222,20 +264,21 @@ def main(argv=None):
             except StartupError as e:
                 raise StartupError(f"{model_label(settings, model)}{e}") from None
         prepare_environment(settings, argv)  # may re-execute this command in a created environment
-        settings, plugin = check_plugin(settings)
+        settings, plugin, fork_safe = check_plugin(settings)
         token = settings.auth_token()
+        preloaded = preload_models(settings, fork_safe)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logger.info("mlflow-pluggable-scoring-server %s: plugin %s, model %s", __version__, plugin,
                 ", ".join(model.model_uri for model in settings.served_models()))
-    make_server(settings, token).run()
+    make_server(settings, token, preloaded).run()
     return 0
 
 
 def check_plugin(settings):
     """Load each model's plugin in a child process, as a worker will: ``(settings with each model's batching
-    resolved, the plugins' names)``.
+    resolved, the plugins' names, the names of the models that may be preloaded)``.
 
     The master never runs plugin code: what a plugin module does when it is imported (a Spark
     session, a connection, a thread) must belong to the worker that uses it, not be shared by
@@ -245,7 +288,8 @@ def check_plugin(settings):
     report = in_child(_plugins_report, settings, models, ended="a plugin cannot be loaded: its import ended the process")
     resolved = [model.model_copy(update={"max_batch_size": m["batch"][0], "max_batch_time_ms": m["batch"][1]})
                 for model, m in zip(models, report)]
-    return with_models(settings, resolved), ", ".join(m["plugin"] for m in report)
+    fork_safe = [model.name for model, m in zip(models, report) if m["fork_safe"]]
+    return with_models(settings, resolved), ", ".join(m["plugin"] for m in report), fork_safe
 
 
 def _plugins_report(settings, models):
@@ -260,8 +304,23 @@ def _plugins_report(settings, models):
         except BaseException as e:  # noqa: BLE001 -- whatever it is, the parent says it in one line
             raise StartupError(f"{model_label(settings, model)}plugin '{model.plugin}' cannot be loaded: "
                                f"{type(e).__name__}: {e}") from None
-        report.append({"batch": [resolved.max_batch_size, resolved.max_batch_time_ms], "plugin": repr(plugin)})
+        report.append({"batch": [resolved.max_batch_size, resolved.max_batch_time_ms], "plugin": repr(plugin),
+                       "fork_safe": settings.preload and fork_safe(plugin, model.model_uri)})
     return report
+
+
+def fork_safe(plugin, model_uri):
+    """Whether ``plugin`` says its model at ``model_uri`` may be loaded before the fork (only a local model: one in
+    a registry or a run would open a connection the workers would share)."""
+    method = getattr(plugin, "fork_safe", None)  # a plugin may not subclass BasePlugin
+    if local_path(model_uri) is None or not callable(method):
+        return False
+    try:
+        return method(model_uri) is True
+    except Exception as e:  # a question it cannot answer: not fork-safe
+        logger.warning("%s.fork_safe failed, the model loads in each worker: %s: %s", type(plugin).__name__,
+                       type(e).__name__, e)
+        return False
 
 
 def with_models(settings, models):

@@ -134,6 +134,21 @@ def test_plugin_import_state_belongs_to_its_worker(start_server):
     assert len({a["pid"] for a in answers}) == 2
 
 
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_a_fork_safe_model_is_loaded_once_by_the_master(start_server, preload):
+    """A local model whose plugin says it is fork-safe is loaded by the master and shared by the workers
+    (``preload``, on by default); with ``--no-preload`` each worker loads its own."""
+    server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.LoadPid",
+                          "--model-uri", WINE / "model", "--workers", "2", *([] if preload else ["--no-preload"]))
+    server.wait_workers_ready(2)
+    answers = []
+    while len(answers) < 400 and (len(answers) < 40 or len({a["pid"] for a in answers}) < 2):
+        answers.append(server.predict(BODY).json())
+    assert len({a["pid"] for a in answers}) == 2
+    assert all(a["loaded_in"] == (server.proc.pid if preload else a["pid"]) for a in answers), answers
+    assert (f"loaded {WINE / 'model'} before forking the workers: the 2 workers share it" in server.log()) == preload
+
+
 def test_health_answers_while_a_slow_model_predicts(start_server):
     """Quick predictions are answered on the worker's main thread; slow ones never are, so health
     checks and other connections are answered meanwhile."""

@@ -77,3 +77,31 @@ def test_abstract_plugin_cannot_be_used(tmp_path):
     )
     with pytest.raises(StartupError, match="is not a plugin.*missing: request_content_type|cannot be used"):
         load_plugin(str(path))
+
+
+class SaysYes(BasePlugin):
+    load_model = predict = request_content_type = None
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def fork_safe(self, model_uri):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_only_local_models_a_plugin_says_are_fork_safe_are_preloaded():
+    """The master loads a model before the fork only when its URI is local and its plugin answers True."""
+    from mlflow_pluggable_scoring_server.plugins.pyfunc import PyfuncPlugin
+    from mlflow_pluggable_scoring_server.webserver import fork_safe
+
+    pyfunc = PyfuncPlugin()
+    assert fork_safe(pyfunc, str(WINE / "model")) and fork_safe(pyfunc, (WINE / "model").as_uri())  # scikit-learn
+    assert not fork_safe(pyfunc, str(WINE_ONNX / "model"))  # ONNX Runtime
+    assert not fork_safe(pyfunc, str(MNIST / "model"))  # TensorFlow
+    assert not fork_safe(pyfunc, "models:/sklearn_wine/1")  # a registry connection would be shared: not even asked
+    assert fork_safe(load_plugin(str(WINE / "plugin.py"), "plugin.Plugin"), str(WINE / "model"))
+    assert not fork_safe(load_plugin(str(WINE_ONNX / "plugin.py"), "plugin.Plugin"), str(WINE_ONNX / "model"))  # the default
+    assert not fork_safe(SaysYes("yes"), str(WINE / "model"))  # only True
+    assert not fork_safe(SaysYes(RuntimeError("no idea")), str(WINE / "model"))

@@ -13,7 +13,7 @@ import re
 from typing import NamedTuple
 
 from ..errors import ScoringError, UnsupportedMediaType
-from ..models import load_pyfunc
+from ..models import load_pyfunc, read_model
 from ..plugin import BasePlugin
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ _ECHOES = ((re.compile(r"\nInput: .*", re.S), ""), (re.compile(r"of data '.*' wi
 _TOKEN = re.compile(r"\w{2,}")
 _QUOTE = re.compile(r"['\"]")
 # The protocol's own keys: a message naming them does not quote the request.
+# The loaders of flavors that start no thread and hold no connection when they load: a worker may share their model.
+FORK_SAFE_LOADERS = frozenset({"mlflow.sklearn"})
 _PROTOCOL = frozenset({"dataframe_split", "dataframe_records", "instances", "inputs", "params", "columns", "data", "index"})
 
 
@@ -35,6 +37,10 @@ class PyfuncModel(NamedTuple):
 
 
 class PyfuncPlugin(BasePlugin):
+    def fork_safe(self, model_uri):
+        """A scikit-learn model (MLflow's loader for it imports scikit-learn and unpickles): shared by the workers."""
+        return read_model(model_uri).flavors.get("python_function", {}).get("loader_module") in FORK_SAFE_LOADERS
+
     def load_model(self, model_uri):
         import os
 

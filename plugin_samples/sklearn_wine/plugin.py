@@ -26,6 +26,11 @@ class Plugin(BatchPlugin):
         path, mlmodel = fetch_model(model_uri)
         return WineForest(mlflow.sklearn.load_model(path), mlmodel.signature.inputs.input_names(), serving_example(path))
 
+    def fork_safe(self, model_uri):
+        # A forest is arrays and Python objects, no thread or connection: loaded once, before the
+        # workers fork, and shared by them.
+        return True
+
     def preprocess(self, model, data):
         return read_split_frame(data, columns=model.features)
 

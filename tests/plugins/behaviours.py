@@ -130,3 +130,20 @@ class StaggeredLoad(WinePlugin):
         except FileExistsError:
             time.sleep(3)
         return super().load_model(model_uri)
+
+
+class LoadPid(WinePlugin):
+    """Says it is fork-safe; answers the pid of the process that loaded the model and of the one scoring."""
+
+    def fork_safe(self, model_uri):
+        return True
+
+    def load_model(self, model_uri):
+        import os
+
+        return os.getpid()
+
+    def predict(self, model, data):
+        import os
+
+        return {"loaded_in": model, "pid": os.getpid()}
