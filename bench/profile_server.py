@@ -30,6 +30,8 @@ STAGES = [
     ("plugin: decode request (read_split_frame, json, numpy)", r"decoders\.py|read_split_frame"),
     ("plugin: other", r"plugin_samples/"),
     ("encode response (media.encode)", r"mlflow_pluggable_scoring_server/media\.py"),
+    ("V2 codec: read the request, write the answer (v2.py)", r"mlflow_pluggable_scoring_server/v2\.py"),
+    ("scoring routes (scoring_routes.py: auth, body, errors)", r"mlflow_pluggable_scoring_server/scoring_routes\.py"),
     ("request deadline (signal, setitimer)", r"deadline|setitimer|signal\.py"),
     ("scoring.py (rest: negotiate, Payload)", r"mlflow_pluggable_scoring_server/(scoring|plugin)\.py"),
     ("prometheus metrics", r"prometheus_client|mlflow_pluggable_scoring_server/metrics\.py"),
@@ -102,6 +104,8 @@ def main(argv=None):
                    help="flask: the trivial Flask app of the ONNX case (the ceiling)")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--duration", type=int, default=10, help="seconds of profiled load (default 10)")
+    p.add_argument("--row", help='the row of bench/run.py to load, e.g. "ours, V2 binary" (default: the first of'
+                   " --server's: ours' own route, MLflow's dataframe_split)")
     p.add_argument("--ours-args", default="", help='extra flags for our server, e.g. "--workers 2"')
     p.add_argument("--idle", action="store_true",
                    help="keep idle samples (waiting in select, recv): shares of wall time, not of busy time")
@@ -112,21 +116,22 @@ def main(argv=None):
     wrk = run.find_wrk()
     servers = run.make_cases(shlex.split(args.ours_args), ceiling=True)[args.case].servers
     group = {"ours": "ours", "mlflow": "MLflow", "flask": "trivial Flask"}[args.server]
-    server = next(s for s in servers if group in s.groups)  # the first form: ours' own route, MLflow's dataframe_split
+    server = next(s for s in servers if (s.name == args.row if args.row else group in s.groups))
     with tempfile.TemporaryDirectory(prefix="mlflow-pss-profile-") as tmp:
         proc, url, started = run.start(server, tmp)
         try:
             run.wait_ready(proc, url + server.ready_path, started)
             workers = run.tree(proc.pid)[1:]  # not the first: gunicorn's master, or MLflow's CLI
             predict = url + server.predict_path
-            run.wrk_load(wrk, predict, server.body, server.content_type, args.connections, 2, tmp)  # warm-up
+            run.wrk_load(wrk, predict, server.body, server.content_type, args.connections, 2, tmp, server.headers)  # warm-up
             raw = Path(args.raw or Path(tmp) / "stacks.txt")
             spies = [subprocess.Popen([args.py_spy, "record", "--pid", str(pid), "--duration", str(args.duration),
                                        "--rate", str(args.rate), "--format", "raw", "--output", f"{raw}.{pid}", "--nonblocking",
                                        *(["--idle"] if args.idle else [])],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in workers]
             cpu = cpu_seconds(workers)
-            load = run.wrk_load(wrk, predict, server.body, server.content_type, args.connections, args.duration, tmp)
+            load = run.wrk_load(wrk, predict, server.body, server.content_type, args.connections, args.duration, tmp,
+                                 server.headers)
             cpu = cpu_seconds(workers) - cpu
             for spy in spies:
                 spy.wait(timeout=60)
