@@ -63,10 +63,10 @@ def main(argv=None):
         rows.append(("Metrics.observe alone (one request's counter and histogram)",
                      lambda: metrics.observe("/api/predict", "POST", 200, 0.001)))
         client = create_app(repository, settings, metrics=metrics).test_client()
-        rows.append(("Flask app, test client (+ Flask-RESTX, werkzeug, metrics)",
+        rows.append(("the app through Flask's test client (the scoring routes in front of Flask, metrics)",
                      lambda: client.post("/api/predict", data=body, headers={"Content-Type": ctype})))
         client_plain = create_app(repository, settings).test_client()
-        rows.append(("Flask app without metrics",
+        rows.append(("the app without metrics",
                      lambda: client_plain.post("/api/predict", data=body, headers={"Content-Type": ctype})))
         from trivial_app import app as trivial
 
