@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from . import __version__
 from .errors import NotReady, ScoringError, TooLarge, Unauthorized
 from .openapi import ModelDoc, openapi_spec
-from .scoring_routes import CHALLENGE, ScoringRoutes, check_token, error_json
+from .scoring_routes import CHALLENGE, ScoringRoutes, error_json, token_matches
 from .v2_endpoints import add_v2_endpoints
 
 logger = logging.getLogger(__name__)
@@ -97,10 +97,8 @@ def create_app(repository, settings, metrics=None, token=None):
         def authenticate():
             if endpoint_group(request.path) in settings.public_endpoints:
                 return None
-            try:
-                check_token(request.headers.get("Authorization", ""), expected)
-            except Unauthorized as e:
-                body, status, _ = error_body(e)
+            if not token_matches(request.headers.get("Authorization", ""), expected):
+                body, status, _ = error_body(Unauthorized())
                 return jsonify(body), status, {"WWW-Authenticate": CHALLENGE}
             return None
 

@@ -60,6 +60,9 @@ class Unauthorized(ScoringError):
 
     status_code = HTTPStatus.UNAUTHORIZED
 
+    def __init__(self, message="send the server's token as 'Authorization: Bearer <token>'"):
+        super().__init__(message)
+
 
 class NotReady(ScoringError):
     """The model is still loading (503)."""

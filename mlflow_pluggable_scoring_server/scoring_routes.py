@@ -31,10 +31,9 @@ NAMED_ROUTES = re.compile(r"/(?:api/models/(?P<predict>[^/]+)/predict|invocation
 DIGITS = re.compile(r"\s*[0-9]+\s*")  # int() takes other digits, str.isdigit others
 
 
-def check_token(given, expected):
-    """401 unless the Authorization header's value ``given`` is ``expected`` (bytes), compared in constant time."""
-    if not hmac.compare_digest(given.encode(), expected):
-        raise Unauthorized("send the server's token as 'Authorization: Bearer <token>'")
+def token_matches(given, expected):
+    """Whether the Authorization header's value ``given`` is ``expected`` (bytes), compared in constant time."""
+    return hmac.compare_digest(given.encode(), expected)
 
 
 def error_json(e, path):
@@ -114,10 +113,9 @@ class ScoringRoutes:
         served = []  # the model the request went to, once known: the metrics' label
         headers = []
         try:
-            if self.expected is not None:
-                headers.append(("WWW-Authenticate", CHALLENGE))  # kept for a 401 only
-                check_token(environ.get("HTTP_AUTHORIZATION", ""), self.expected)
-                headers.clear()
+            if self.expected is not None and not token_matches(environ.get("HTTP_AUTHORIZATION", ""), self.expected):
+                headers.append(("WWW-Authenticate", CHALLENGE))
+                raise Unauthorized()
             try:
                 status, body, headers = view(environ, served, *args)
             except ScoringError as e:
