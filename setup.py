@@ -33,7 +33,7 @@ setup(
                     "pyspark>=4.0,<4.3"],  # the Spark ML sample and spark-score; needs Java 17
         "test": ["pytest>=8", "requests>=2.31", "openapi-spec-validator>=0.7", "schemathesis>=4",
                  "setuptools>=61", "wheel",  # the test plugin package is built offline
-                 "pytest-xdist>=3.5",  # 3 test processes: most tests wait on servers, 2 cores stay busy
+                 "pytest-xdist>=3.6",  # 3 test processes: most tests wait on servers, 2 cores stay busy
                  # V2 requests and responses as a real client writes and reads them (binary tensors too);
                  # the kserve SDK is left out: it would downgrade pandas to 2 and protobuf
                  "tritonclient[http]>=2.50",

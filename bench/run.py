@@ -770,11 +770,11 @@ def parse_args(argv=None):
                    help="skip the trivial Flask app measured beside the ONNX case")
     p.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk is there")
     p.add_argument("--smoke", action="store_true",
-                   help=f"CI: ONNX only, 1 round of 2 s loads, no warm-up, peers {SMOKE_PEERS} (no MLServer, no ceiling)")
+                   help=f"CI: ONNX only, 1 round of 1 s loads, no warm-up, peers {SMOKE_PEERS} (no MLServer, no ceiling)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.md"), help="markdown file to write")
     args = p.parse_args(argv)
     if args.smoke:
-        args.rounds, args.duration, args.warmup, args.ceiling = 1, 2, 0, False
+        args.rounds, args.duration, args.warmup, args.ceiling = 1, 1, 0, False
         args.connections = "1,8" if args.connections == p.get_default("connections") else args.connections
         args.only = "onnx" if args.only == p.get_default("only") else args.only
         args.peers = args.peers or SMOKE_PEERS

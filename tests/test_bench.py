@@ -1,7 +1,7 @@
 """bench/run.py --smoke, as the README runs it: the harness starts each server in each of its request forms,
 loads them and writes its table.
 
-Not a benchmark: the numbers of a 2 s load on a shared CI machine only have to be sane.
+Not a benchmark: the numbers of a 1 s load on a shared CI machine only have to be sane.
 """
 
 import re
