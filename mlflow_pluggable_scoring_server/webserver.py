@@ -198,11 +198,9 @@ def load_models(repository, settings, preloaded=None):
     preloaded = preloaded or {}
     for served in repository:
         uri = served.uri
+        load = (lambda uri, model=preloaded[served.name][1]: model) if served.name in preloaded else None
         try:
-            if served.name in preloaded:
-                served.load(repository.metrics, load=lambda uri, model=preloaded[served.name][1]: model)
-            else:
-                served.load(repository.metrics)
+            served.load(repository.metrics, load)
         except Exception as e:
             stop_worker(f"error: {load_failure(settings, served.settings, served.plugin, e)}")
         logger.info("ready: %s serves %s%s on http://%s:%s", type(served.plugin).__name__, uri,
@@ -264,9 +262,9 @@ def main(argv=None):
             except StartupError as e:
                 raise StartupError(f"{model_label(settings, model)}{e}") from None
         prepare_environment(settings, argv)  # may re-execute this command in a created environment
-        settings, plugin, fork_safe = check_plugin(settings)
+        settings, plugin, shareable = check_plugin(settings)
         token = settings.auth_token()
-        preloaded = preload_models(settings, fork_safe)
+        preloaded = preload_models(settings, shareable)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -280,16 +278,18 @@ def check_plugin(settings):
     """Load each model's plugin in a child process, as a worker will: ``(settings with each model's batching
     resolved, the plugins' names, the names of the models that may be preloaded)``.
 
-    The master never runs plugin code: what a plugin module does when it is imported (a Spark
+    The master runs no plugin code here: what a plugin module does when it is imported (a Spark
     session, a connection, a thread) must belong to the worker that uses it, not be shared by
-    every worker forked from the master. Raises :class:`StartupError` with the child's reason.
+    every worker forked from the master. Only a plugin that says its model is fork-safe is then
+    imported by the master, to preload it (:func:`preload_models`). Raises :class:`StartupError`
+    with the child's reason.
     """
     models = settings.served_models()
     report = in_child(_plugins_report, settings, models, ended="a plugin cannot be loaded: its import ended the process")
     resolved = [model.model_copy(update={"max_batch_size": m["batch"][0], "max_batch_time_ms": m["batch"][1]})
                 for model, m in zip(models, report)]
-    fork_safe = [model.name for model, m in zip(models, report) if m["fork_safe"]]
-    return with_models(settings, resolved), ", ".join(m["plugin"] for m in report), fork_safe
+    shareable = [model.name for model, m in zip(models, report) if m["fork_safe"]]
+    return with_models(settings, resolved), ", ".join(m["plugin"] for m in report), shareable
 
 
 def _plugins_report(settings, models):

@@ -122,14 +122,20 @@ def test_workers_exit_with_their_master(start_server):
         assert s.connect_ex(("127.0.0.1", server.port)) != 0
 
 
+def answers_of_both_workers(server):
+    """At least 40 answers of a 2-worker server to BODY, until both workers have answered (at most 400): the kernel
+    may hand a busy machine's connections to one worker many times in a row."""
+    answers = []
+    while len(answers) < 400 and (len(answers) < 40 or len({a["pid"] for a in answers}) < 2):
+        answers.append(server.predict(BODY).json())
+    return answers
+
+
 def test_plugin_import_state_belongs_to_its_worker(start_server):
     """The master never imports the plugin: each worker imports it (a Spark session made at import is the worker's)."""
     server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.ImportPid",
                           "--model-uri", WINE / "model", "--workers", "2").wait_workers_ready(2)
-    answers = []
-    while len(answers) < 400 and (len(answers) < 40 or len({a["pid"] for a in answers}) < 2):
-        # The kernel may hand a busy machine's connections to one worker many times in a row: ask until both answered.
-        answers.append(server.predict(BODY).json())
+    answers = answers_of_both_workers(server)
     assert all(a["imported_in"] == a["pid"] for a in answers), answers
     assert len({a["pid"] for a in answers}) == 2
 
@@ -141,9 +147,7 @@ def test_a_fork_safe_model_is_loaded_once_by_the_master(start_server, preload):
     server = start_server("--plugin-file", TEST_PLUGINS / "behaviours.py", "--plugin-class", "behaviours.LoadPid",
                           "--model-uri", WINE / "model", "--workers", "2", *([] if preload else ["--no-preload"]))
     server.wait_workers_ready(2)
-    answers = []
-    while len(answers) < 400 and (len(answers) < 40 or len({a["pid"] for a in answers}) < 2):
-        answers.append(server.predict(BODY).json())
+    answers = answers_of_both_workers(server)
     assert len({a["pid"] for a in answers}) == 2
     assert all(a["loaded_in"] == (server.proc.pid if preload else a["pid"]) for a in answers), answers
     assert (f"loaded {WINE / 'model'} before forking the workers: the 2 workers share it" in server.log()) == preload

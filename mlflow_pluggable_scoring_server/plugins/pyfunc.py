@@ -24,9 +24,9 @@ _ECHOES = ((re.compile(r"\nInput: .*", re.S), ""), (re.compile(r"of data '.*' wi
 # Anything else (values, column names quoted in an inner error) is caught token by token.
 _TOKEN = re.compile(r"\w{2,}")
 _QUOTE = re.compile(r"['\"]")
-# The protocol's own keys: a message naming them does not quote the request.
 # The loaders of flavors that start no thread and hold no connection when they load: a worker may share their model.
 FORK_SAFE_LOADERS = frozenset({"mlflow.sklearn"})
+# The protocol's own keys: a message naming them does not quote the request.
 _PROTOCOL = frozenset({"dataframe_split", "dataframe_records", "instances", "inputs", "params", "columns", "data", "index"})
 
 
