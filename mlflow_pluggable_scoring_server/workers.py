@@ -149,9 +149,14 @@ def quick(model):
     return scorer.max_batch_size == 1 and recent is not None and recent < INLINE_MAX_SECONDS and not scorer.model_lock.locked()
 
 
+def buffered(conn):
+    """Whether the parser of ``conn`` holds bytes read past the last request: the start of a pipelined one."""
+    return conn.parser is not None and conn.parser.unreader.buf.tell() > 0
+
+
 def arrived_whole(conn):
     """Whether a keep-alive connection holds a whole request already (head and Content-Length body, no chunks)."""
-    if conn.parser is None or conn.parser.unreader.buf.tell():
+    if conn.parser is None or buffered(conn):
         return False
     try:
         data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -234,6 +239,11 @@ class ScoringWorker(ThreadWorker):
             keep = fs.result() if not fs.cancelled() else False
         except Exception:
             keep = False
+        if keep is True and self.alive and buffered(conn):
+            # The client sent its next request along (HTTP/1.1 pipelining) and the parser has read it: the
+            # socket may never be readable again, so the poller would not report it. A thread answers it now.
+            self.enqueue_req(conn)
+            return None
         if keep and self.alive:
             return super().finish_request(conn, fs)
         self.linger(conn.sock)

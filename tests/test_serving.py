@@ -162,3 +162,27 @@ def test_broken_framing_is_a_4xx_in_our_shape(wine_process, case):
 def test_a_body_cut_short_is_not_scored(wine_process):
     answer = raw(wine_process.port, FRAMING_CASES["body shorter than Content-Length"])
     assert answer.startswith(b"HTTP/1.1 400 ") and b"ended after 474 of the 5000 bytes" in answer
+
+
+def test_pipelined_requests_are_all_answered_in_order(wine_process):
+    """Requests sent together on one connection (HTTP/1.1 pipelining) reach the parser in one read: each is
+    answered, in order, without waiting for more bytes that the client will not send."""
+    import json
+
+    rows = json.loads(BODY)
+    one_row = json.dumps({**rows, "data": rows["data"][:1]}).encode()
+    bodies = [BODY, one_row, BODY]
+    head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", wine_process.port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"".join(head % len(body) + body for body in bodies))
+        answer, started = b"", time.monotonic()
+        while answer.count(b"HTTP/1.1 ") < len(bodies) or not answer.endswith((b"]", b"]\n")):
+            assert time.monotonic() - started < 5, answer
+            chunk = sock.recv(65536)
+            assert chunk, f"the connection closed after {answer.count(b'HTTP/1.1 ')} of {len(bodies)} answers: {answer!r}"
+            answer += chunk
+    answers = [part.partition(b"\r\n\r\n")[2] for part in answer.split(b"HTTP/1.1 ")[1:]]
+    assert all(part.startswith(b"200 ") for part in answer.split(b"HTTP/1.1 ")[1:]), answer
+    assert [len(json.loads(body)) for body in answers] == [3, 1, 3]
+    assert time.monotonic() - started < 2  # not after the keep-alive timeout
