@@ -172,6 +172,24 @@ def arrived_whole(conn):
     return len(data) >= end + 4 + (int(length.group(1)) if length else 0)
 
 
+def orphaned(master):
+    """Whether the master (pid ``master``) of this worker is dead or dying.
+
+    ``getppid()`` alone can still name a master killed a moment ago: a child whose parent thread
+    dies is handed first to another thread of the parent's process (a master that loaded a model
+    has library threads), and only when the last one is gone to init. Meanwhile the master's
+    process shows as a zombie in /proc.
+    """
+    if os.getppid() != master:
+        return True
+    try:
+        with open(f"/proc/{master}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return os.path.isdir("/proc")  # gone (Linux); elsewhere getppid is all there is to ask
+    return state in ("Z", "X")
+
+
 def die_with_parent():
     """Ask the kernel for SIGTERM when the master dies (Linux); elsewhere gunicorn's own check, once a second, remains."""
     libc = ctypes.util.find_library("c")
@@ -188,7 +206,7 @@ class ScoringWorker(ThreadWorker):
     def init_process(self):
         self.lingering = {}  # sockets answered and half-closed -> when to close them anyway
         die_with_parent()
-        if os.getppid() != self.ppid:  # the master died before we asked
+        if orphaned(self.ppid):  # the master died before we asked
             os._exit(0)
         super().init_process()
 
@@ -202,7 +220,7 @@ class ScoringWorker(ThreadWorker):
             super().run()
         for sock in list(self.lingering):
             self.close_lingering(sock)
-        if os.getppid() != self.ppid:  # orphaned: the master cannot clean up any more
+        if orphaned(self.ppid):  # the master cannot clean up any more
             metrics.cleanup_orphaned()
 
     def wait_for_model(self):
