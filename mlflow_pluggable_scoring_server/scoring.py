@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
 
+from . import affinity
 from .batching import Batcher
 from .decoders import check_json_containers
 from .errors import InvalidInput, NotReady, RequestTimeout, ScoringError
@@ -149,17 +150,18 @@ class Scorer:
         """Load the model with the plugin (may take long: call it off the serving thread). ``version``: the
         registry version ``model_uri`` names, when the caller has looked it up; else it is looked up here.
         ``load``: what loads the model from its URI, by default the plugin's ``load_model``."""
-        self.model = (load or self.plugin.load_model)(model_uri)
-        self.model_uri = model_uri
-        try:
-            self.version = version or model_version(model_uri)
-        except Exception as e:  # the registry went away after the load: the version stays unknown
-            logger.warning("the registry version of %s is unknown: %s", model_uri, e)
-        if self.max_batch_size > 1:
-            self.batcher = Batcher(partial(self.plugin.run_batch, self.model), self.max_batch_size,
-                                   self.max_batch_time_ms / 1000, self.on_batch)
-        elif self.timeout:
-            self.model_thread = ModelThread(self.model_lock)
+        with affinity.loading():  # the library's own threads may use every CPU; ours join the worker's
+            self.model = (load or self.plugin.load_model)(model_uri)
+            self.model_uri = model_uri
+            try:
+                self.version = version or model_version(model_uri)
+            except Exception as e:  # the registry went away after the load: the version stays unknown
+                logger.warning("the registry version of %s is unknown: %s", model_uri, e)
+            if self.max_batch_size > 1:
+                self.batcher = Batcher(partial(self.plugin.run_batch, self.model), self.max_batch_size,
+                                       self.max_batch_time_ms / 1000, self.on_batch)
+            elif self.timeout:
+                self.model_thread = ModelThread(self.model_lock)
         self.ready.set()
 
     def close(self):

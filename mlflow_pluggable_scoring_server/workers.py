@@ -4,6 +4,8 @@
   seconds of its first byte; a client that is slower is answered 408 and its connection
   closed. Requests are read by a pool of threads, so slow clients do not hold up the others;
   predictions still run one at a time (or in batches) in the model's own thread.
+- **One CPU.** Once its models are loaded, the worker's Python threads run on one CPU (``cpu_affinity``, see
+  affinity.py): the lock they take turns with is not handed from one CPU's caches to another's.
 - **Readiness.** A worker takes no connection before its model is loaded (it tells the master
   it is alive meanwhile): a load balancer never reaches a worker that would answer 503.
 - **SIGTERM.** The worker takes in the connections already waiting in the listen backlog, stops
@@ -36,7 +38,7 @@ from gunicorn.glogging import Logger
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
 
-from . import metrics
+from . import affinity, metrics
 from .errors import ReadTimeout, ScoringError
 
 PR_SET_PDEATHSIG = 1
@@ -217,6 +219,7 @@ class ScoringWorker(ThreadWorker):
 
     def run(self):
         if self.wait_for_model():
+            self.pin_to_cpu()
             super().run()
         for sock in list(self.lingering):
             self.close_lingering(sock)
@@ -231,6 +234,18 @@ class ScoringWorker(ThreadWorker):
             if not self.alive or not self.is_parent_alive():
                 return False
         return self.alive
+
+    def pin_to_cpu(self):
+        """With ``cpu_affinity``, run this worker's Python threads on one CPU of their own (see affinity.py)."""
+        if not self.scoring["settings"].cpu_affinity:
+            return
+        try:
+            cpu = affinity.choose_cpu(self.age, self.ppid)
+            if cpu is not None:
+                affinity.pin(cpu)
+                self.log.debug("worker %d: Python threads on CPU %d", self.pid, cpu)
+        except OSError as e:  # a platform without affinity: run as the kernel sees fit
+            self.log.warning("worker %d: cannot keep its threads on one CPU: %s", self.pid, e)
 
     def set_accept_enabled(self, enabled):
         # Called with False when the worker stops accepting: on shutdown (not alive), or when it

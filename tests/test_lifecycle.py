@@ -153,6 +153,37 @@ def test_a_fork_safe_model_is_loaded_once_by_the_master(start_server, preload):
     assert (f"loaded {WINE / 'model'} before forking the workers: the 2 workers share it" in server.log()) == preload
 
 
+def threads_cpus(pid):
+    """The CPUs each thread of process ``pid`` may run on, its main thread first."""
+    tids = sorted(os.listdir(f"/proc/{pid}/task"), key=lambda tid: tid != str(pid))
+    return [os.sched_getaffinity(int(tid)) for tid in tids]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+@pytest.mark.parametrize("pinned", [True, False], ids=["cpu-affinity", "no-cpu-affinity"])
+def test_each_workers_python_threads_run_on_a_cpu_of_its_own(start_server, pinned):
+    """Two workers batching the forest: each keeps its main thread and its batcher on one CPU, not the other's
+    (``cpu_affinity``, on by default); with ``--no-cpu-affinity`` the kernel may run them anywhere."""
+    server = start_server("--conf", WINE / "conf.yaml", "--workers", "2", "--max-batch-size", "8",
+                          *([] if pinned else ["--no-cpu-affinity"]))
+    server.wait_workers_ready(2)
+    with ThreadPoolExecutor(4) as pool:  # batched answers, and reader threads started
+        assert {r.status_code for r in pool.map(lambda _: server.predict(BODY), range(40))} == {200}
+    everything = os.sched_getaffinity(server.proc.pid)
+    workers = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    assert len(workers) == 2
+    mains = []
+    for pid in workers:
+        cpus = threads_cpus(pid)
+        mains.append(cpus[0])
+        if pinned:
+            assert len(cpus[0]) == 1 and sum(c == cpus[0] for c in cpus) >= 3, cpus  # main, batcher, readers
+        else:
+            assert all(c == everything for c in cpus), cpus
+    assert (mains[0] != mains[1]) == pinned, mains
+    assert threads_cpus(server.proc.pid)[0] == everything  # never the master
+
+
 def test_health_answers_while_a_slow_model_predicts(start_server):
     """Quick predictions are answered on the worker's main thread; slow ones never are, so health
     checks and other connections are answered meanwhile."""
