@@ -79,8 +79,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def write_folder(folder, model_uri, name, port, workers=0):
-    """MLServer's settings.json and ``name/model-settings.json`` in ``folder``: the model on 127.0.0.1:``port``.
+def write_folder(folder, model_uri, name, port, workers=0, batch=None):
+    """MLServer's settings.json and ``name/model-settings.json`` in ``folder``: the model on 127.0.0.1:``port``;
+    ``batch``: (most requests, seconds) for MLServer's adaptive batching (``max_batch_size``, ``max_batch_time``).
 
     ``workers`` 0 infers in the server process, 1 in one worker process (MLServer's default is one
     per core). Metrics are off; gRPC cannot be switched off: it gets a free port of 127.0.0.1.
@@ -92,6 +93,8 @@ def write_folder(folder, model_uri, name, port, workers=0):
     (folder / name).mkdir()
     model = {"name": name, "implementation": "mlserver_mlflow.MLflowRuntime",
              "parameters": {"uri": str(Path(model_uri).resolve()) if Path(model_uri).exists() else model_uri}}
+    if batch:
+        model["max_batch_size"], model["max_batch_time"] = batch
     (folder / name / "model-settings.json").write_text(json.dumps(model, indent=2))
 
 

@@ -171,7 +171,10 @@ def tensor_copy(model, dest):
 
 BATCHED = "ours, batched"
 PYFUNC = "ours, pyfunc"
-BATCH_ARGS = ["--max-batch-size", "16", "--max-batch-time-ms", "2"]
+MLFLOW_CPU = "MLflow on one CPU"
+BATCH_SIZE, BATCH_MS = 16, 2
+BATCH_ARGS = ["--max-batch-size", str(BATCH_SIZE), "--max-batch-time-ms", str(BATCH_MS)]
+MLSERVER_BATCHED = "MLServer, batched"
 KERAS_PREDICT = ["--plugin-file", str(ROOT / "bench" / "keras_predict_plugin.py"),
                  "--plugin-class", "keras_predict_plugin.Plugin"]
 V2_NAME = "mlflow-model"  # the model's name in V2 paths: ours by default, MLServer's as we set it
@@ -184,6 +187,7 @@ PEERS = {"ours": "ours, on its own route /api/predict (batched too where a case 
          "pyfunc": "ours with the built-in pyfunc plugin on /invocations, fed as MLflow",
          "mlflow": "mlflow models serve, dataframe_split and inputs (tensor-signature copy)",
          "mlserver": "MLServer 1.7.1 + mlserver-mlflow over V2 JSON, columns and tensor (tensor-signature copy)",
+         "mlflow-cpu": "mlflow models serve under taskset on one CPU, inputs (1 worker only): what pinning gives MLflow",
          "trivial": "the trivial Flask app beside the ONNX case (the ceiling; --no-ceiling drops it)"}
 SMOKE_PEERS = "ours,v2,mlflow"
 
@@ -198,12 +202,13 @@ def mlflow_argv(model, workers):
             "--host", "127.0.0.1", "--port", "{port}", "--workers", str(workers)]
 
 
-def mlserver_argv(model, workers):
-    """MLServer in its own venv (bench/mlserver_peer.py), ``workers`` inference processes beside its HTTP one."""
+def mlserver_argv(model, workers, batched=False):
+    """MLServer in its own venv (bench/mlserver_peer.py), ``workers`` inference processes beside its HTTP one;
+    ``batched``: with its adaptive batching, set as ours is."""
     def argv(port, folder):
         from mlserver_peer import mlserver_python, write_folder
 
-        write_folder(folder, model, V2_NAME, port, workers)
+        write_folder(folder, model, V2_NAME, port, workers, (BATCH_SIZE, BATCH_MS / 1000) if batched else None)
         return [str(mlserver_python().parent / "mlserver"), "start", str(folder)]
     return argv
 
@@ -256,10 +261,20 @@ def wine_case(name, title, conf, model, extra_args, workers, peers, work, batche
             servers.append(row(server, argv(model), ready, forms[column_form], prepare=prepare))
             if work:
                 servers.append(row(server, argv(tensor_model), ready, forms[tensor_form], prepare=(copy, *prepare)))
-    ratios = [("ours", "MLflow"), ("ours, V2", "MLServer"), (PYFUNC, "MLflow")]
+    if batched and "mlserver" in peers and work:
+        servers.append(row(MLSERVER_BATCHED, mlserver_argv(tensor_model, workers, batched=True),
+                           f"/v2/models/{V2_NAME}/ready", forms["v2-tensor"], prepare=(copy, build_mlserver)))
+    if "mlflow-cpu" in peers and work and workers == 1:
+        # A reference, not a peer's form: ours keeps its Python threads on one CPU; MLflow can be made to, with taskset.
+        taskset = ["taskset", "--cpu-list", str(min(os.sched_getaffinity(0)))]
+        servers.append(row(MLFLOW_CPU, taskset + mlflow_argv(tensor_model, workers), "/ping", forms["inputs"],
+                           prepare=(copy,)))
+    ratios = [("ours", "MLflow"), ("ours, V2", "MLServer"), (PYFUNC, "MLflow"), ("ours", MLFLOW_CPU)]
     if batched:
-        ratios += [(BATCHED, "MLflow"), (BATCHED, "ours")]
-    note = WINE_NOTE + (f"; batched: `{' '.join(BATCH_ARGS)}`" if batched else "")
+        ratios += [(BATCHED, "MLflow"), (BATCHED, MLFLOW_CPU), (f"{BATCHED}, V2", MLSERVER_BATCHED), (BATCHED, "ours")]
+    note = WINE_NOTE + (f"; batched: `{' '.join(BATCH_ARGS)}`, and MLServer's adaptive batching set alike "
+                        f"(`max_batch_size: {BATCH_SIZE}`, `max_batch_time: {BATCH_MS / 1000:g}`) on the tensor copy"
+                        if batched else "")
     return Case(name, title, servers, note, tuple(ratios))
 
 
@@ -702,6 +717,9 @@ def servers_run(workers, ours_args):
         ("pyfunc",): "ours, pyfunc: the same with `--model-uri <model>` instead of the conf",
         ("mlflow",): f"MLflow `mlflow models serve --env-manager local --workers {workers}` (FastAPI on uvicorn), "
                      "ready at `/ping`",
+        ("mlflow-cpu",): "MLflow on one CPU: the same under `taskset` on the first CPU (our workers keep their "
+                         "Python threads on one CPU, see the README's Workers and CPUs; MLflow has no such setting), "
+                         "a reference beside the comparisons, never MLflow's best form",
         ("mlserver",): "MLServer 1.7.1 + mlserver-mlflow 1.7.1 in a venv of its own (`bench/mlserver_peer.py`), "
                        f"`parallel_workers: {workers}` (inference processes, beside the process that answers HTTP), "
                        f"ready at `/v2/models/{V2_NAME}/ready`",
