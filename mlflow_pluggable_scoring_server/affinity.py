@@ -18,12 +18,9 @@ busiest.
 """
 
 import contextlib
-import logging
 import os
 import threading
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 _cpu = None  # the CPU this worker's Python threads run on; None: not pinned
 _allowed = None  # the CPUs the worker could run on before it was pinned
@@ -94,6 +91,8 @@ def choose_cpu(index, master, allowed=None, quota=None):
     other workers already pinned to one CPU; among those, the ``index``-th in turn, so that workers starting
     together spread out.
     """
+    if not hasattr(os, "sched_setaffinity"):  # not Linux
+        return None
     allowed = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
     quota = cpu_quota() if quota is None else quota
     if len(allowed) < 2 or (quota is not None and quota < len(allowed)):
@@ -115,11 +114,6 @@ def pin(cpu):
         _allowed = os.sched_getaffinity(0)
     _cpu = cpu
     _pin_threads()
-
-
-def pinned_cpu():
-    """The CPU this worker's Python threads are pinned to, or None."""
-    return _cpu
 
 
 def _pin_threads():
