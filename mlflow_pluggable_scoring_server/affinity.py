@@ -10,6 +10,9 @@ one CPU, it cost 5.2 ms again, and the batched forest answered 595 requests a se
 (``bench/README.md``). Requests answered by the main thread alone gain nothing, and lose nothing.
 
 Worker ``n`` takes the CPU fewest of its running siblings use, from those the server may run on.
+Every few seconds it checks that other processes (another server's workers, a noisy neighbour)
+do not take its CPU: if they took more of it than another CPU had idle, it moves there (at even
+odds at each check, so that workers crowding one CPU do not all move together).
 Threads that model libraries start for their own work (ONNX Runtime's, TensorFlow's, OpenMP's)
 run outside the lock and keep every CPU: a model loads with its thread unpinned. Nothing is pinned
 when the server has one CPU, or when its CPUs are shared under a quota smaller than their number
@@ -19,12 +22,18 @@ busiest.
 
 import contextlib
 import os
+import random
 import threading
+import time
 from pathlib import Path
+
+REBALANCE_SECONDS = 2.0  # how often a pinned worker checks that its CPU is not taken by others (plus up to 50%)
+BETTER_BY = 0.25  # the share of a CPU another must offer beyond the worker's own to move to it
 
 _cpu = None  # the CPU this worker's Python threads run on; None: not pinned
 _allowed = None  # the CPUs the worker could run on before it was pinned
 _loading = set()  # the threads loading a model now, left on every CPU
+_last = None  # (monotonic time, this process's CPU seconds, cpu_times()) at the last rebalance check
 
 
 def cpu_quota(root=Path("/sys/fs/cgroup"), cgroup_file=Path("/proc/self/cgroup")):
@@ -145,3 +154,52 @@ def loading():
     finally:
         _loading.discard(me)
         _pin_threads()
+
+
+def cpu_times(stat=Path("/proc/stat")):
+    """Per CPU number: (busy, idle) seconds since boot."""
+    tick = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for line in stat.read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            values = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+            idle = values[3] + values[4]
+            times[int(name[3:])] = ((sum(values) - idle) / tick, idle / tick)
+    return times
+
+
+def better_cpu(cpu, allowed, seconds, ours, before, after):
+    """The CPU to move to, or None: over ``seconds``, in which this process used ``ours`` seconds of CPU and the
+    CPUs' (busy, idle) seconds went from ``before`` to ``after``, the allowed CPU idle the longest, if it offered
+    more than ``BETTER_BY`` of a CPU beyond what others left of ``cpu``."""
+    if cpu not in before or cpu not in after or seconds <= 0:
+        return None
+    others = (after[cpu][0] - before[cpu][0] - ours) / seconds  # what other processes took of ours (at most)
+    idle = {c: (after[c][1] - before[c][1]) / seconds for c in allowed if c != cpu and c in before and c in after}
+    best = max(idle, key=idle.get, default=None)
+    if best is None or idle[best] <= (1 - others) + BETTER_BY:
+        return None
+    return best
+
+
+def rebalance(now=None):
+    """In a pinned worker (call it often; it acts every ``REBALANCE_SECONDS`` or so): move its Python threads to
+    :func:`better_cpu`, if there is one. Returns the CPU moved to, or None."""
+    global _last
+    if _cpu is None:
+        return None
+    now = time.monotonic() if now is None else now
+    if _last is not None and now - _last[0] < REBALANCE_SECONDS * (1 + random.random() / 2):  # workers apart
+        return None
+    used = os.times()
+    current = (now, used.user + used.system, cpu_times())
+    last, _last = _last, current
+    if last is None:
+        return None
+    best = better_cpu(_cpu, _allowed, now - last[0], current[1] - last[1], last[2], current[2])
+    # Workers crowding one CPU all see it at once: each moves at half the odds, else all would swap together.
+    if best is None or random.random() < 0.5:
+        return None
+    pin(best)
+    return best

@@ -122,8 +122,9 @@ class Settings(BaseModel):
         " (`pyfunc` for scikit-learn models, the sklearn wine sample) and its URI is a local path: the workers share"
         " its memory. Other models load in each worker. See [Workers and memory](#workers-and-memory).")
     cpu_affinity: bool = setting(
-        True, "Run each worker's Python threads on one CPU of its own (the threads a model library starts keep every"
-        " CPU). Skipped with one CPU, or CPUs shared under a smaller quota. See [Workers and CPUs](#workers-and-cpus).")
+        True, "Run each worker's Python threads on one CPU, the workers spread over the CPUs (the threads a model library"
+        " starts keep every CPU). Skipped with one CPU, or CPUs shared under a smaller quota. See"
+        " [Workers and CPUs](#workers-and-cpus).")
     max_request_bytes: Int = setting(16 * 1024 * 1024, "Largest request body; larger ones get 413, chunked bodies included.", ge=1)
     max_image_pixels: Int = setting(25_000_000, "Largest image (width x height) a plugin may decode; larger ones get 400.", ge=1)
     request_timeout: Number = setting(60, "Seconds a prediction may take; slower ones get 504.", gt=0)

@@ -236,7 +236,7 @@ class ScoringWorker(ThreadWorker):
         return self.alive
 
     def pin_to_cpu(self):
-        """With ``cpu_affinity``, run this worker's Python threads on one CPU of their own (see affinity.py)."""
+        """With ``cpu_affinity``, run this worker's Python threads on one CPU, the one fewest workers use (affinity.py)."""
         if not self.scoring["settings"].cpu_affinity:
             return
         try:
@@ -343,6 +343,13 @@ class ScoringWorker(ThreadWorker):
         # only then closes the keep-alive connections that expired long before: check each second
         # (a tenth of one once shutting down).
         super().wait_for_and_dispatch_events(min(timeout, 1.0 if self.alive else 0.1))
+        try:
+            moved = affinity.rebalance()
+        except (OSError, ValueError) as e:  # /proc unreadable: stay where we are
+            self.log.debug("worker %d: cannot check its CPU: %s", self.pid, e)
+        else:
+            if moved is not None:
+                self.log.info("worker %d: other processes took its CPU; Python threads moved to CPU %d", self.pid, moved)
 
     def handle(self, conn, arrived=False):
         """Read and answer a request; ``arrived``: it is whole in the socket's buffer already, so no read can wait

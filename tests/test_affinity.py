@@ -102,3 +102,44 @@ def test_a_model_loaded_by_a_pinned_worker_keeps_its_library_threads_on_every_cp
     assert "model thread is new True" in lines
     library = next(line for line in lines if line.startswith("library threads"))
     assert library.endswith("on every CPU True") and not library.startswith("library threads 0 "), library
+
+
+def test_cpu_times_are_read_per_cpu(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  500 0 300 1500 100 0 0 0 0 0\ncpu0 200 0 100 700 50 0 0 0 0 0\n"
+                    "cpu1 300 0 200 800 50 10 0 0 0 0\nintr 12345\nctxt 999\n")
+    tick = os.sysconf("SC_CLK_TCK")
+    assert affinity.cpu_times(stat) == {0: (300 / tick, 750 / tick), 1: (510 / tick, 850 / tick)}
+    assert os.sched_getaffinity(0) <= set(affinity.cpu_times())  # this machine's own
+
+
+def seconds(busy_idle):
+    return {cpu: (busy, 2.0 - busy) for cpu, busy in busy_idle.items()}
+
+
+@pytest.mark.parametrize("ours, busy_after, expected", [
+    (1.9, {0: 1.95, 1: 0.8}, None),  # the worker itself keeps CPU 0 busy, the other is half idle: stay
+    (0.6, {0: 2.0, 1: 0.2}, 1),  # another process took 1.4 s of the worker's 2 s, the other CPU was idle: move
+    (0.0, {0: 2.0, 1: 1.9}, None),  # an idle worker beside a busy process, but the other CPU is as busy: stay
+    (0.0, {0: 2.0, 1: 0.0, 2: 1.0}, 1),  # the idlest of the others
+], ids=["busy with itself", "crowded out", "nowhere better", "the idlest"])
+def test_a_worker_moves_only_to_a_cpu_that_offers_more(ours, busy_after, expected):
+    before = {cpu: (0.0, 0.0) for cpu in busy_after}
+    assert affinity.better_cpu(0, set(busy_after), 2.0, ours, before, seconds(busy_after)) == expected
+
+
+def test_rebalance_acts_only_in_a_pinned_worker_and_reads_the_machine():
+    assert affinity.rebalance() is None  # this process is not pinned
+    script = textwrap.dedent("""
+        import os
+        from mlflow_pluggable_scoring_server import affinity
+        cpu = min(os.sched_getaffinity(0))
+        affinity.pin(cpu)
+        first = affinity.rebalance(now=100.0)  # the first check only takes a sample
+        soon = affinity.rebalance(now=100.5)  # too soon for another
+        later = affinity.rebalance(now=104.0)  # reads /proc again; moves or not, to an allowed CPU
+        print(first, soon, later is None or later in affinity._allowed, affinity._cpu in affinity._allowed)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.stdout.split() == ["None", "None", "True", "True"], out.stderr[-2000:]
