@@ -34,6 +34,7 @@ _cpu = None  # the CPU this worker's Python threads run on; None: not pinned
 _allowed = None  # the CPUs the worker could run on before it was pinned
 _loading = set()  # the threads loading a model now, left on every CPU
 _last = None  # (monotonic time, this process's CPU seconds, cpu_times()) at the last rebalance check
+_master = None  # the pid of the master whose other workers' CPUs are not moved to
 
 
 def cpu_quota(root=Path("/sys/fs/cgroup"), cgroup_file=Path("/proc/self/cgroup")):
@@ -93,6 +94,12 @@ def siblings(master):
     return [int(pid) for pid in children if int(pid) != os.getpid()]
 
 
+def siblings_cpus(master):
+    """The CPU of each other worker of ``master`` that is pinned to one."""
+    pinned = [threads_cpus(pid) for pid in siblings(master)]
+    return [next(iter(cpus)) for cpus in pinned if cpus and len(cpus) == 1]
+
+
 def choose_cpu(index, master, allowed=None, quota=None):
     """The CPU worker ``index`` (1 for the first) should run on, or None when it should not be pinned.
 
@@ -107,21 +114,22 @@ def choose_cpu(index, master, allowed=None, quota=None):
     if len(allowed) < 2 or (quota is not None and quota < len(allowed)):
         return None
     used = {cpu: 0 for cpu in allowed}
-    for pid in siblings(master):
-        cpus = threads_cpus(pid)
-        if cpus and len(cpus) == 1 and next(iter(cpus)) in used:
-            used[next(iter(cpus))] += 1
+    for cpu in siblings_cpus(master):
+        if cpu in used:
+            used[cpu] += 1
     fewest = min(used.values())
     free = [cpu for cpu in allowed if used[cpu] == fewest]
     return free[(index - 1) % len(free)]
 
 
-def pin(cpu):
-    """Run every Python thread of this process, and the threads they start from now on, on ``cpu``."""
-    global _cpu, _allowed
+def pin(cpu, master=None):
+    """Run every Python thread of this process, and the threads they start from now on, on ``cpu``; ``master``:
+    the master whose other workers' CPUs :func:`rebalance` never moves to."""
+    global _cpu, _allowed, _master
     if _allowed is None:
         _allowed = os.sched_getaffinity(0)
     _cpu = cpu
+    _master = master if master is not None else _master
     _pin_threads()
 
 
@@ -197,7 +205,8 @@ def rebalance(now=None):
     last, _last = _last, current
     if last is None:
         return None
-    best = better_cpu(_cpu, _allowed, now - last[0], current[1] - last[1], last[2], current[2])
+    free = set(_allowed) - set(siblings_cpus(_master) if _master else ())  # never onto another worker's CPU
+    best = better_cpu(_cpu, free, now - last[0], current[1] - last[1], last[2], current[2])
     # Workers crowding one CPU all see it at once: each moves at half the odds, else all would swap together.
     if best is None or random.random() < 0.5:
         return None

@@ -63,6 +63,7 @@ def test_a_replacement_takes_the_cpu_fewest_siblings_use():
     pinned, free = subprocess.Popen(["sleep", "30"]), subprocess.Popen(["sleep", "30"])
     os.sched_setaffinity(pinned.pid, {cpus[0]})
     try:
+        assert affinity.siblings_cpus(os.getpid()) == [cpus[0]]  # what rebalance() never moves to, too
         # Worker 1 would take the first CPU in turn; the sibling there sends it (and worker 3) to the second.
         assert [affinity.choose_cpu(i, os.getpid(), set(cpus), quota=None) for i in (1, 3)] == [cpus[1], cpus[1]]
     finally:
