@@ -371,9 +371,11 @@ def two_workers(shared_server):
 
 
 def run_cli(*args, env=None, timeout=120):
-    """Run the server's CLI to completion (for start-up failures); returns the CompletedProcess."""
+    """Run the server's CLI to completion (for start-up failures); returns the CompletedProcess. On a free port unless
+    ``args`` name one: the default, 5005, may be another test's (the README's commands use it)."""
+    port = () if "--port" in args else ("--port", free_port())
     return subprocess.run(
-        [sys.executable, "-m", "mlflow_pluggable_scoring_server.webserver", *map(str, args)],
+        [sys.executable, "-m", "mlflow_pluggable_scoring_server.webserver", *map(str, args), *map(str, port)],
         capture_output=True, text=True, cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})},
     )
 
