@@ -4,9 +4,9 @@ A CPython process runs Python code on one CPU at a time: its threads take turns 
 interpreter's lock. Left to the kernel, the threads of a worker (the main thread, the request
 threads, the batcher, the model thread) each run wherever a CPU is free, so a turn handed from one
 to the next may move the interpreter's working set from one CPU's caches to another's. On this
-project's benchmark machine that made a forest's model call cost 8.3 ms of CPU in a worker whose
-requests were batched by other threads, against 5.2 ms alone; with the worker's Python threads on
-one CPU, it cost 5.2 ms again, and the batched forest answered 595 requests a second instead of 179
+project's benchmark machine that made a forest's model call cost 8.2 ms of CPU in a worker whose
+requests were batched by other threads, against about 5 ms alone; with the worker's Python threads
+on one CPU, the batched forest answered 619 requests a second at 8 connections instead of 178
 (``bench/README.md``). Requests answered by the main thread alone gain nothing, and lose nothing.
 
 Worker ``n`` takes the CPU fewest of its running siblings use, from those the server may run on.
