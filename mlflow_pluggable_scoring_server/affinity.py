@@ -34,7 +34,7 @@ _cpu = None  # the CPU this worker's Python threads run on; None: not pinned
 _allowed = None  # the CPUs the worker could run on before it was pinned
 _loading = set()  # the threads loading a model now, left on every CPU
 _last = None  # (monotonic time, this process's CPU seconds, cpu_times()) at the last rebalance check
-_master = None  # the pid of the master whose other workers' CPUs are not moved to
+_next_check = 0.0  # when rebalance checks next (monotonic time)
 
 
 def cpu_quota(root=Path("/sys/fs/cgroup"), cgroup_file=Path("/proc/self/cgroup")):
@@ -54,9 +54,10 @@ def cpu_quota(root=Path("/sys/fs/cgroup"), cgroup_file=Path("/proc/self/cgroup")
                     break
                 quotas.append(_read_quota(parent / "cpu.max"))
         elif "cpu" in controllers.split(","):
-            for mount in (root / controllers, root / "cpu"):
-                for folder in (mount / path.lstrip("/"), mount):  # in a container, its own group is the mount
-                    quotas.append(_read_quota(folder / "cpu.cfs_quota_us", folder / "cpu.cfs_period_us"))
+            mounts = dict.fromkeys((root / controllers, root / "cpu"))  # "cpu" alone is named once
+            # In a container, its own group is the mount.
+            for folder in dict.fromkeys(f for mount in mounts for f in (mount / path.lstrip("/"), mount)):
+                quotas.append(_read_quota(folder / "cpu.cfs_quota_us", folder / "cpu.cfs_period_us"))
     quotas = [q for q in quotas if q is not None]
     return min(quotas) if quotas else None
 
@@ -77,14 +78,6 @@ def _read_quota(path, period_path=None):
         return None
 
 
-def threads_cpus(pid):
-    """The CPUs the main thread of process ``pid`` may run on, or None if it is gone."""
-    try:
-        return os.sched_getaffinity(pid)
-    except OSError:
-        return None
-
-
 def siblings(master):
     """The pids of ``master``'s other children (the other workers), from /proc; [] when they cannot be read."""
     try:
@@ -95,9 +88,16 @@ def siblings(master):
 
 
 def siblings_cpus(master):
-    """The CPU of each other worker of ``master`` that is pinned to one."""
-    pinned = [threads_cpus(pid) for pid in siblings(master)]
-    return [next(iter(cpus)) for cpus in pinned if cpus and len(cpus) == 1]
+    """The CPU of each other worker of ``master`` whose main thread is pinned to one."""
+    cpus = []
+    for pid in siblings(master):
+        try:
+            allowed = os.sched_getaffinity(pid)
+        except OSError:  # it ended meanwhile
+            continue
+        if len(allowed) == 1:
+            cpus.extend(allowed)
+    return cpus
 
 
 def choose_cpu(index, master, allowed=None, quota=None):
@@ -122,14 +122,12 @@ def choose_cpu(index, master, allowed=None, quota=None):
     return free[(index - 1) % len(free)]
 
 
-def pin(cpu, master=None):
-    """Run every Python thread of this process, and the threads they start from now on, on ``cpu``; ``master``:
-    the master whose other workers' CPUs :func:`rebalance` never moves to."""
-    global _cpu, _allowed, _master
+def pin(cpu):
+    """Run every Python thread of this process, and the threads they start from now on, on ``cpu``."""
+    global _cpu, _allowed
     if _allowed is None:
         _allowed = os.sched_getaffinity(0)
     _cpu = cpu
-    _master = master if master is not None else _master
     _pin_threads()
 
 
@@ -194,18 +192,19 @@ def better_cpu(cpu, allowed, seconds, ours, before, after):
 def rebalance(now=None):
     """In a pinned worker (call it often; it acts every ``REBALANCE_SECONDS`` or so): move its Python threads to
     :func:`better_cpu`, if there is one. Returns the CPU moved to, or None."""
-    global _last
+    global _last, _next_check
     if _cpu is None:
         return None
     now = time.monotonic() if now is None else now
-    if _last is not None and now - _last[0] < REBALANCE_SECONDS * (1 + random.random() / 2):  # workers apart
+    if now < _next_check:
         return None
+    _next_check = now + REBALANCE_SECONDS * (1 + random.random() / 2)  # drawn once a check: workers apart
     used = os.times()
     current = (now, used.user + used.system, cpu_times())
     last, _last = _last, current
     if last is None:
         return None
-    free = set(_allowed) - set(siblings_cpus(_master) if _master else ())  # never onto another worker's CPU
+    free = set(_allowed) - set(siblings_cpus(os.getppid()))  # never onto another worker's CPU (the master's child)
     best = better_cpu(_cpu, free, now - last[0], current[1] - last[1], last[2], current[2])
     # Workers crowding one CPU all see it at once: each moves at half the odds, else all would swap together.
     if best is None or random.random() < 0.5:

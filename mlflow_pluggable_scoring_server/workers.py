@@ -242,7 +242,7 @@ class ScoringWorker(ThreadWorker):
         try:
             cpu = affinity.choose_cpu(self.age, self.ppid)
             if cpu is not None:
-                affinity.pin(cpu, self.ppid)
+                affinity.pin(cpu)
                 self.log.debug("worker %d: Python threads on CPU %d", self.pid, cpu)
         except OSError as e:  # a platform without affinity: run as the kernel sees fit
             self.log.warning("worker %d: cannot keep its threads on one CPU: %s", self.pid, e)

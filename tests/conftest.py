@@ -38,6 +38,7 @@ SPARKML = SAMPLES / "sparkml_wine"
 WINE_JSON = WINE / "data" / "predict-wine-quality.json"
 DIGIT_PNG = MNIST / "data" / "mnist_0_10.png"
 
+TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")  # to pin workers apart
 START_TIMEOUT = 120  # seconds; a TensorFlow worker takes ~10 s on 2 cores
 # The slowest test files, slowest first (seconds in a full run: `--durations=0`, summed per file): pytest-xdist
 # hands whole files to its processes in collection order, so these start at once and the quick ones fill in

@@ -6,11 +6,9 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ROOT, WINE_ONNX
+from conftest import ROOT, TWO_CPUS, WINE_ONNX
 
 from mlflow_pluggable_scoring_server import affinity
-
-TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 
 
 def write(path, text):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import TEST_PLUGINS, WINE, WINE_JSON
+from conftest import TEST_PLUGINS, TWO_CPUS, WINE, WINE_JSON
 
 BODY = WINE_JSON.read_bytes()
 
@@ -159,7 +159,7 @@ def threads_cpus(pid):
     return [os.sched_getaffinity(int(tid)) for tid in tids]
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+@TWO_CPUS
 @pytest.mark.parametrize("pinned", [True, False], ids=["cpu-affinity", "no-cpu-affinity"])
 def test_each_workers_python_threads_run_on_a_cpu_of_its_own(start_server, pinned):
     """Two workers batching the forest: each keeps its main thread and its batcher on one CPU, not the other's
