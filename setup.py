@@ -20,6 +20,7 @@ setup(
         "flask>=3.0,<4",
         "flask-restx>=1.3,<2",
         "gunicorn>=23",
+        "httptools>=0.6",  # llhttp: the worker reads plain requests that arrived whole itself (inline_http.py)
         "pyyaml>=6",
         "numpy>=1.26",
         "pillow>=10",

@@ -45,6 +45,8 @@ STAGES = [
     # A sync worker closes every connection, then waits for the client's FIN (RFC 9112 9.6).
     ("gunicorn: close_graceful (waits for the client to close)", r"close_graceful"),
     ("gunicorn: waiting for a connection (select)", r"^wait \(.*gunicorn/workers/sync\.py"),
+    ("our HTTP reader: llhttp, the request for gunicorn's environ (inline_http.py)", r"inline_http\.py|httptools"),
+    ("our worker: peek, read, send on the main thread (workers.py)", r"mlflow_pluggable_scoring_server/workers\.py"),
     ("gunicorn: worker loop (accept, close)", r"gunicorn/"),
     # For --server mlflow:
     ("pandas", r"[(/]pandas/"),

@@ -36,9 +36,10 @@ from http import HTTPStatus
 from gunicorn import util
 from gunicorn.glogging import Logger
 from gunicorn.http import errors as http_errors
+from gunicorn.http import wsgi
 from gunicorn.workers.gthread import ThreadWorker
 
-from . import affinity, metrics
+from . import affinity, inline_http, metrics
 from .errors import ReadTimeout, ScoringError
 
 PR_SET_PDEATHSIG = 1
@@ -156,22 +157,24 @@ def buffered(conn):
     return conn.parser is not None and conn.parser.unreader.buf.tell() > 0
 
 
-def arrived_whole(conn):
-    """Whether a keep-alive connection holds a whole request already (head and Content-Length body, no chunks)."""
+def peek_whole(conn):
+    """The bytes of the whole request a keep-alive connection holds already (head and Content-Length body, no
+    chunks), read without taking them from the socket; None when it holds none whole."""
     if conn.parser is None or buffered(conn):
-        return False
+        return None
     try:
         data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except OSError:
-        return False
+        return None
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        return False
+        return None
     head = data[:end].lower()
     if b"\r\ntransfer-encoding:" in head:
-        return False
+        return None
     length = CONTENT_LENGTH.search(head)
-    return len(data) >= end + 4 + (int(length.group(1)) if length else 0)
+    whole = end + 4 + (int(length.group(1)) if length else 0)
+    return data[:whole] if len(data) >= whole else None
 
 
 def orphaned(master):
@@ -323,12 +326,17 @@ class ScoringWorker(ThreadWorker):
 
     def on_client_socket_readable(self, conn, client):
         """A keep-alive connection has data. A request that has arrived whole and is quick to answer is
-        answered right here, on the main thread: no hand-off to a thread and back, as fast as gunicorn's
-        sync worker. Any other request goes to the threads, which may wait for the rest of it."""
+        answered right here, on the main thread: no hand-off to a thread and back. The plainest requests
+        are read by llhttp and never leave the poller (inline_http.py); the others are read by gunicorn's
+        parser. Any other request goes to the threads, which may wait for the rest of it."""
         # Only while every model predicts quickly, one at a time (not batching): while the main thread
         # predicts, every other connection waits, health checks included.
-        if not (all(map(quick, self.scoring["repository"])) and arrived_whole(conn)):
+        whole = peek_whole(conn) if all(map(quick, self.scoring["repository"])) else None
+        if whole is None:
             return super().on_client_socket_readable(conn, client)
+        req = None if self.cfg.is_ssl or self.log.access_log.isEnabledFor(logging.INFO) else inline_http.parse(whole, self.cfg)
+        if req is not None:
+            return self.answer_inline(req, len(whole), conn, client)
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         done = Future()
@@ -337,6 +345,81 @@ class ScoringWorker(ThreadWorker):
         except BaseException as e:  # noqa: BLE001 -- finish_request reads it as the thread's outcome
             done.set_exception(e)
         self.finish_request(conn, done)
+
+    def answer_inline(self, req, length, conn, client):
+        """Answer ``req``, whose ``length`` bytes wait in ``conn``'s socket, on the main thread, with gunicorn's
+        environ and response written to a buffer; the connection stays in the poller."""
+        sock = getattr(conn.sock, "raw", conn.sock)
+        self.keepalived_conns.remove(conn)
+        try:
+            if len(sock.recv(length, socket.MSG_DONTWAIT)) != length:  # seen whole a moment ago: cannot happen
+                raise ConnectionError("the request vanished from the socket")
+        except OSError:
+            self.poller.unregister(client)
+            self.nr_conns -= 1
+            util.close(sock)
+            return
+        try:
+            answer, keep = self.serve_inline(req, conn)
+        except Exception as e:  # noqa: BLE001 -- as gunicorn's handle(): a JSON 500, then close
+            self.handle_error(req, sock, conn.client, e)
+            answer, keep = b"", False
+        try:
+            sent = sock.send(answer, socket.MSG_DONTWAIT) if answer else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the client is gone
+            sent, keep = len(answer), False
+        if sent < len(answer):
+            # The client reads slowly: a thread sends the rest, as gunicorn's threads send answers, and
+            # finish_request puts the connection back (or closes it), on the main thread.
+            self.poller.unregister(client)
+            fs = self.tpool.submit(self.send_rest, sock, memoryview(answer)[sent:], keep)
+            fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+        elif keep and self.alive:
+            conn.set_timeout()
+            self.keepalived_conns.append(conn)
+        else:
+            self.poller.unregister(client)
+            self.linger(sock)
+
+    def serve_inline(self, req, conn):
+        """The app's answer to ``req`` as bytes on the wire, and whether to keep the connection: gunicorn's
+        ThreadWorker.handle_request, with the response written to a buffer."""
+        environ, resp = {}, None
+        try:
+            self.cfg.pre_request(self, req)
+            out = inline_http.ResponseBuffer()
+            resp, environ = wsgi.create(req, out, conn.client, conn.server, self.cfg)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                for item in respiter:  # a file wrapper too: no sendfile into a buffer
+                    resp.write(item)
+                resp.close()
+            finally:
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            return out.getvalue(), not resp.should_close()
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+
+    @staticmethod
+    def send_rest(sock, rest, keep):
+        sock.setblocking(True)
+        sock.sendall(rest)
+        return keep
 
     def wait_for_and_dispatch_events(self, timeout):
         # gunicorn's shutdown waits here for the whole graceful_timeout when nothing happens, and

@@ -11,8 +11,9 @@ import threading
 import time
 
 import pytest
+import requests
 
-from conftest import WINE, WINE_JSON
+from conftest import WINE, WINE_JSON, WINE_ONNX
 
 BODY = WINE_JSON.read_bytes()
 MARKER = "zqxREQUESTqxz"  # put into hostile requests: it must never come back
@@ -148,15 +149,18 @@ FRAMING_CASES = {
 
 @pytest.mark.parametrize("case", FRAMING_CASES, ids=list(FRAMING_CASES))
 def test_broken_framing_is_a_4xx_in_our_shape(wine_process, case):
-    answer = raw(wine_process.port, FRAMING_CASES[case])
+    assert_refused_in_our_shape(raw(wine_process.port, FRAMING_CASES[case]), wine_process)
+
+
+def assert_refused_in_our_shape(answer, server):
     status = int(re.match(rb"HTTP/1\.1 (\d{3}) ", answer).group(1))
     head, _, body = answer.partition(b"\r\n\r\n")
     assert 400 <= status < 500, answer[:300]
     assert b"content-type: application/json" in head.lower(), answer[:300]
     assert re.fullmatch(rb'\{"error_code": "[A-Z_]+", "message": "[^"]+"\}\n?', body), body
     assert M not in answer.lower() and M.lower() not in answer.lower()
-    assert "Traceback" not in wine_process.log()
-    assert wine_process.alive()
+    assert "Traceback" not in server.log()
+    assert server.alive()
 
 
 def test_a_body_cut_short_is_not_scored(wine_process):
@@ -186,3 +190,140 @@ def test_pipelined_requests_are_all_answered_in_order(wine_process):
     assert all(part.startswith(b"200 ") for part in answer.split(b"HTTP/1.1 ")[1:]), answer
     assert [len(json.loads(body)) for body in answers] == [3, 1, 3]
     assert time.monotonic() - started < 2  # not after the keep-alive timeout
+
+
+@pytest.fixture(scope="session")
+def onnx_process(shared_server):
+    """The ONNX wine sample: its predictions stay far below workers.INLINE_MAX_SECONDS however busy the machine,
+    so its worker answers the requests after a connection's first on its main thread, read by llhttp."""
+    return shared_server("--conf", WINE_ONNX / "conf.yaml")
+
+
+class KeptAlive:
+    """One connection for several requests, each answer read whole (by its Content-Length) before the next is sent.
+    A worker with quick models reads the requests after the first itself (inline_http.py), not with gunicorn's parser."""
+
+    def __init__(self, port, rcvbuf=None):
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(10)
+        self.pending = b""
+
+    def ask(self, data):
+        self.sock.sendall(data)
+        return self.answer()
+
+    def answer(self):
+        while b"\r\n\r\n" not in self.pending:
+            self.pending += self.receive()
+        head, _, rest = self.pending.partition(b"\r\n\r\n")
+        length = int(re.search(rb"\r\ncontent-length: *(\d+)", head.lower()).group(1))
+        while len(rest) < length:
+            rest += self.receive()
+        self.pending = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
+
+    def receive(self):
+        chunk = self.sock.recv(65536)
+        assert chunk, f"the server closed the connection; unread: {self.pending[:300]!r}"
+        return chunk
+
+    def close(self):
+        self.sock.close()
+
+
+def post(path, body, content_type="application/json", extra=b""):
+    return (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+            % (path.encode(), content_type.encode(), len(body), extra)) + body
+
+
+def get(path, extra=b""):
+    return b"GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (path.encode(), extra)
+
+
+def without_date(answer):
+    return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
+
+
+KEPT_ALIVE_REQUESTS = {
+    "predict": post("/api/predict", BODY),
+    "predict as CSV": post("/api/predict", BODY, extra=b"Accept: text/csv\r\n"),
+    "invocations": post("/invocations", BODY),
+    "unsupported media type": post("/api/predict", BODY, content_type="text/plain"),
+    "not JSON": post("/api/predict", b"{" + MARKER.encode()),
+    "not acceptable": post("/api/predict", BODY, extra=b"Accept: image/png\r\n"),
+    "ready": get("/api/health/ready"),
+    "no such route": get("/api/" + MARKER),
+    "GET on predict": get("/api/predict"),
+    "query string": get("/api/health/ready?x=%20y"),
+}
+
+
+@pytest.mark.parametrize("case", KEPT_ALIVE_REQUESTS, ids=list(KEPT_ALIVE_REQUESTS))
+def test_a_kept_alive_connection_gets_the_answers_a_new_one_gets(onnx_process, case):
+    """The same request, first on a new connection (gunicorn reads it) and then after two predictions on one
+    connection (the worker reads it with llhttp): the same answer, byte for byte but the Date."""
+    request = KEPT_ALIVE_REQUESTS[case]
+    first = KeptAlive(onnx_process.port)
+    kept = KeptAlive(onnx_process.port)
+    try:
+        expected = first.ask(request)
+        for _ in range(2):
+            assert kept.ask(post("/api/predict", BODY)).startswith(b"HTTP/1.1 200 ")
+        answers = [kept.ask(request) for _ in range(3)]
+    finally:
+        first.close()
+        kept.close()
+    assert b"Connection: keep-alive" in expected and MARKER.encode() not in expected
+    assert [without_date(a) for a in answers] == [without_date(expected)] * 3
+
+
+def test_connection_close_on_a_kept_alive_connection_closes_it(onnx_process):
+    kept = KeptAlive(onnx_process.port)
+    try:
+        for _ in range(2):
+            kept.ask(post("/api/predict", BODY))
+        answer = kept.ask(post("/api/predict", BODY, extra=b"Connection: close\r\n"))
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in answer
+        assert kept.sock.recv(100) == b""
+    finally:
+        kept.close()
+
+
+@pytest.mark.parametrize("case", FRAMING_CASES, ids=list(FRAMING_CASES))
+def test_broken_framing_on_a_kept_alive_connection_is_a_4xx_in_our_shape(onnx_process, case):
+    """What gunicorn's parser refuses on a new connection is refused the same way after two predictions on one."""
+    kept = KeptAlive(onnx_process.port)
+    try:
+        for _ in range(2):
+            assert kept.ask(post("/api/predict", BODY)).startswith(b"HTTP/1.1 200 ")
+        kept.sock.sendall(FRAMING_CASES[case])
+        kept.sock.shutdown(socket.SHUT_WR)
+        answer = kept.pending
+        while chunk := kept.sock.recv(65536):
+            answer += chunk
+    finally:
+        kept.close()
+    assert_refused_in_our_shape(answer, onnx_process)
+
+
+def test_a_kept_alive_client_that_does_not_read_holds_up_no_one(onnx_process):
+    """A client on a kept-alive connection asks for 200 OpenAPI pages at once (5.6 MB, more than the socket
+    buffers hold) and reads nothing for a second: the worker's main thread hands the rest of the answer to a
+    thread, and the other clients' predictions go on; then the client reads all 200 answers, whole."""
+    page = requests.get(f"http://127.0.0.1:{onnx_process.port}/api/swagger", timeout=10).content
+    slow = KeptAlive(onnx_process.port, rcvbuf=2048)
+    try:
+        for _ in range(2):
+            assert slow.ask(post("/api/predict", BODY)).startswith(b"HTTP/1.1 200 ")
+        slow.sock.sendall(get("/api/swagger") * 200)
+        time.sleep(0.5)
+        during = latencies(onnx_process, count=10)
+        answers = [slow.answer() for _ in range(200)]
+    finally:
+        slow.close()
+    assert max(during) < 1.0, during
+    assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(page) for a in answers)
+    assert onnx_process.alive()

@@ -1,0 +1,62 @@
+"""inline_http.parse: which requests a worker reads itself (llhttp) and which it leaves to gunicorn's parser.
+
+The worker's use of it is tested on a real server in test_serving.py (requests on a kept-alive connection)."""
+
+import pytest
+from gunicorn.config import Config
+
+from mlflow_pluggable_scoring_server import inline_http
+
+CFG = Config()
+HEAD = b"POST /api/predict?x=1&y=%20 HTTP/1.1\r\nHost: h:5000\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+
+
+def test_a_plain_request_is_read_as_gunicorn_reads_one():
+    req = inline_http.parse(HEAD + b"X-Trace:  a b \t\r\nAccept: text/csv\r\n\r\n{}", CFG)
+    assert (req.method, req.uri, req.path, req.query, req.version) == ("POST", "/api/predict?x=1&y=%20", "/api/predict",
+                                                                        "x=1&y=%20", (1, 1))
+    assert req.headers == [("HOST", "h:5000"), ("CONTENT-TYPE", "application/json"), ("CONTENT-LENGTH", "2"),
+                           ("X-TRACE", "a b"), ("ACCEPT", "text/csv")]
+    assert req.body.read() == b"{}"
+    assert not req.should_close()
+    assert inline_http.parse(HEAD + b"Connection: close\r\n\r\n{}", CFG).should_close()
+    get = inline_http.parse(b"GET /api/status HTTP/1.1\r\nHost: h\r\n\r\n", CFG)
+    assert (get.method, get.path, get.query, get.body.read()) == ("GET", "/api/status", "", b"")
+
+
+LEFT = {
+    "HTTP/1.0": b"GET / HTTP/1.0\r\n\r\n",
+    "HEAD": b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
+    "PUT": b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    "absolute form": b"GET http://h/api/status HTTP/1.1\r\nHost: h\r\n\r\n",
+    "chunked": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    "Expect": HEAD + b"Expect: 100-continue\r\n\r\n{}",
+    "Upgrade": b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    "an odd Connection": HEAD + b"Connection: TE\r\n\r\n{}",
+    "underscore": HEAD + b"X_Script_Name: /a\r\n\r\n{}",
+    "forwarded scheme": HEAD + b"X-Forwarded-Proto: https\r\n\r\n{}",
+    "Forwarded": HEAD + b"Forwarded: for=1.2.3.4\r\n\r\n{}",
+    "duplicate Content-Length": HEAD + b"Content-Length: 3\r\n\r\n{}",
+    "malformed header": HEAD + b"No colon\r\n\r\n{}",
+    "obsolete folding": HEAD + b"X-A: 1\r\n  2\r\n\r\n{}",
+    "body not whole": HEAD + b"\r\n{",
+    "two requests": HEAD + b"\r\n{}" + HEAD + b"\r\n{}",
+    "lowercase method": b"get / HTTP/1.1\r\n\r\n",
+    "a line over gunicorn's limit": b"GET /" + b"a" * 4094 + b" HTTP/1.1\r\n\r\n",
+    "a field over gunicorn's limit": b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 8190 + b"\r\n\r\n",
+    "more fields than gunicorn's limit": b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("case", LEFT, ids=list(LEFT))
+def test_what_is_not_plain_is_left_to_gunicorn(case):
+    assert inline_http.parse(LEFT[case], CFG) is None
+
+
+def test_the_limits_are_gunicorns_own():
+    assert inline_http.parse(b"GET /" + b"a" * 4000 + b" HTTP/1.1\r\n\r\n", CFG) is not None
+    cfg = Config()
+    cfg.set("limit_request_line", 100)
+    assert inline_http.parse(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n\r\n", cfg) is None
+    cfg.set("limit_request_fields", 2)
+    assert inline_http.parse(HEAD + b"\r\n{}", cfg) is None
