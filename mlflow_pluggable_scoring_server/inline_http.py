@@ -14,6 +14,7 @@ gunicorn's parser, which answers as it always has: the same errors in the same J
 """
 
 import io
+from typing import NamedTuple
 
 import httptools
 from gunicorn.http.message import Message
@@ -23,6 +24,18 @@ METHODS = (b"GET", b"POST")
 # Headers whose handling is gunicorn's alone: a body announced by Expect, another protocol, framing,
 # and the headers through which a trusted proxy sets the scheme or the client's address.
 LEFT_TO_GUNICORN = {b"EXPECT", b"UPGRADE", b"TRANSFER-ENCODING", b"FORWARDED"}
+
+
+class Limits(NamedTuple):
+    """gunicorn's limits on a request's head (0: none), read from its config once: each read of a setting costs."""
+
+    line: int
+    fields: int
+    field_size: int
+
+    @classmethod
+    def of(cls, cfg):
+        return cls(cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size)
 
 
 class InlineRequest:
@@ -56,9 +69,9 @@ class InlineRequest:
         self.messages += 1
 
 
-def parse(data, cfg):
+def parse(data, limits):
     """The request that ``data`` holds whole, exactly: an :class:`InlineRequest`, or None when it is not one
-    this module answers (gunicorn then reads it from the socket, as it would have)."""
+    this module answers (gunicorn then reads it from the socket, as it would have). ``limits``: :class:`Limits`."""
     req = InlineRequest()
     parser = httptools.HttpRequestParser(req)
     try:
@@ -68,15 +81,15 @@ def parse(data, cfg):
     if req.messages != 1 or parser.get_http_version() != "1.1" or parser.get_method() not in METHODS:
         return None
     method = parser.get_method()
-    if not req.raw_url.startswith(b"/") or (cfg.limit_request_line and len(method) + len(req.raw_url) + 10 > cfg.limit_request_line):
+    if not req.raw_url.startswith(b"/") or (limits.line and len(method) + len(req.raw_url) + 10 > limits.line):
         return None  # origin form only; 10: the spaces and "HTTP/1.1"
-    if cfg.limit_request_fields and len(req.raw_headers) > cfg.limit_request_fields:
+    if limits.fields and len(req.raw_headers) > limits.fields:
         return None
     headers = []
     for name, value in req.raw_headers:
         name = name.upper()
         if (b"_" in name or name in LEFT_TO_GUNICORN or name.startswith(b"X-FORWARDED-")
-                or (cfg.limit_request_field_size and len(name) + len(value) + 4 > cfg.limit_request_field_size)):
+                or (limits.field_size and len(name) + len(value) + 4 > limits.field_size)):
             return None
         value = value.decode("latin-1").strip(" \t")
         if name == b"CONNECTION" and value.lower() not in ("close", "keep-alive"):

@@ -208,21 +208,25 @@ def _count_error(what, count, found):
 def _from_json(what, data, datatype, count):
     if not isinstance(data, list):
         raise InvalidInput(f'{what}: "data" must be a list')
-    try:  # dtype=object: the values stay Python objects, checked below; nested lists become dimensions
-        values = np.array(data, dtype=object).reshape(-1)
-    except ValueError:
-        raise InvalidInput(f'{what}: "data" is not a regular nested list') from None
-    if values.size != count:
-        raise _count_error(what, count, values.size)
-    types = set(map(type, values))
-    if list in types:
-        raise InvalidInput(f'{what}: "data" is not a regular nested list (rows of different lengths)')
+    values, types = data, set(map(type, data))
+    if list in types or datatype == "BYTES":
+        # Nested lists become dimensions of an array of Python objects, checked below (flat numbers, as
+        # clients mostly send them, are checked as they are and converted at once).
+        try:
+            values = np.array(data, dtype=object).reshape(-1)
+        except ValueError:
+            raise InvalidInput(f'{what}: "data" is not a regular nested list') from None
+        types = set(map(type, values))
+        if list in types:
+            raise InvalidInput(f'{what}: "data" is not a regular nested list (rows of different lengths)')
+    if len(values) != count:
+        raise _count_error(what, count, len(values))
     if not types <= _JSON_TYPES[datatype]:
         raise InvalidInput(f'{what}: "data" must hold only {_JSON_KINDS.get(datatype, "integers")} for {datatype}')
     if datatype == "BYTES":
         return values
     try:
-        return values.astype(DATATYPES[datatype])
+        return np.array(values, dtype=DATATYPES[datatype])
     except OverflowError:
         raise InvalidInput(f"{what}: a value is out of the range of {datatype}") from None
 

@@ -213,6 +213,8 @@ class ScoringWorker(ThreadWorker):
         die_with_parent()
         if orphaned(self.ppid):  # the master died before we asked
             os._exit(0)
+        # Requests read by llhttp (inline_http.py): plain sockets only, within gunicorn's limits.
+        self.inline_limits = None if self.cfg.is_ssl else inline_http.Limits.of(self.cfg)
         super().init_process()
 
     @property
@@ -334,7 +336,7 @@ class ScoringWorker(ThreadWorker):
         whole = peek_whole(conn) if all(map(quick, self.scoring["repository"])) else None
         if whole is None:
             return super().on_client_socket_readable(conn, client)
-        req = None if self.cfg.is_ssl or self.log.access_log.isEnabledFor(logging.INFO) else inline_http.parse(whole, self.cfg)
+        req = None if self.inline_limits is None or self.log.access_log.isEnabledFor(logging.INFO) else inline_http.parse(whole, self.inline_limits)
         if req is not None:
             return self.answer_inline(req, len(whole), conn, client)
         self.poller.unregister(client)

@@ -7,20 +7,20 @@ from gunicorn.config import Config
 
 from mlflow_pluggable_scoring_server import inline_http
 
-CFG = Config()
+LIMITS = inline_http.Limits.of(Config())
 HEAD = b"POST /api/predict?x=1&y=%20 HTTP/1.1\r\nHost: h:5000\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
 
 
 def test_a_plain_request_is_read_as_gunicorn_reads_one():
-    req = inline_http.parse(HEAD + b"X-Trace:  a b \t\r\nAccept: text/csv\r\n\r\n{}", CFG)
+    req = inline_http.parse(HEAD + b"X-Trace:  a b \t\r\nAccept: text/csv\r\n\r\n{}", LIMITS)
     assert (req.method, req.uri, req.path, req.query, req.version) == ("POST", "/api/predict?x=1&y=%20", "/api/predict",
                                                                         "x=1&y=%20", (1, 1))
     assert req.headers == [("HOST", "h:5000"), ("CONTENT-TYPE", "application/json"), ("CONTENT-LENGTH", "2"),
                            ("X-TRACE", "a b"), ("ACCEPT", "text/csv")]
     assert req.body.read() == b"{}"
     assert not req.should_close()
-    assert inline_http.parse(HEAD + b"Connection: close\r\n\r\n{}", CFG).should_close()
-    get = inline_http.parse(b"GET /api/status HTTP/1.1\r\nHost: h\r\n\r\n", CFG)
+    assert inline_http.parse(HEAD + b"Connection: close\r\n\r\n{}", LIMITS).should_close()
+    get = inline_http.parse(b"GET /api/status HTTP/1.1\r\nHost: h\r\n\r\n", LIMITS)
     assert (get.method, get.path, get.query, get.body.read()) == ("GET", "/api/status", "", b"")
 
 
@@ -50,13 +50,13 @@ LEFT = {
 
 @pytest.mark.parametrize("case", LEFT, ids=list(LEFT))
 def test_what_is_not_plain_is_left_to_gunicorn(case):
-    assert inline_http.parse(LEFT[case], CFG) is None
+    assert inline_http.parse(LEFT[case], LIMITS) is None
 
 
 def test_the_limits_are_gunicorns_own():
-    assert inline_http.parse(b"GET /" + b"a" * 4000 + b" HTTP/1.1\r\n\r\n", CFG) is not None
+    assert inline_http.parse(b"GET /" + b"a" * 4000 + b" HTTP/1.1\r\n\r\n", LIMITS) is not None
     cfg = Config()
     cfg.set("limit_request_line", 100)
-    assert inline_http.parse(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n\r\n", cfg) is None
+    assert inline_http.parse(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n\r\n", inline_http.Limits.of(cfg)) is None
     cfg.set("limit_request_fields", 2)
-    assert inline_http.parse(HEAD + b"\r\n{}", cfg) is None
+    assert inline_http.parse(HEAD + b"\r\n{}", inline_http.Limits.of(cfg)) is None
