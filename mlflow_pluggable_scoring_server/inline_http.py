@@ -78,9 +78,9 @@ def parse(data, limits):
         parser.feed_data(data)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         return None
-    if req.messages != 1 or parser.get_http_version() != "1.1" or parser.get_method() not in METHODS:
-        return None
     method = parser.get_method()
+    if req.messages != 1 or parser.get_http_version() != "1.1" or method not in METHODS:
+        return None
     if not req.raw_url.startswith(b"/") or (limits.line and len(method) + len(req.raw_url) + 10 > limits.line):
         return None  # origin form only; 10: the spaces and "HTTP/1.1"
     if limits.fields and len(req.raw_headers) > limits.fields:

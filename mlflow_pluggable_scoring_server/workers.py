@@ -341,7 +341,10 @@ class ScoringWorker(ThreadWorker):
         whole = peek_whole(conn) if all(map(quick, self.scoring["repository"])) else None
         if whole is None:
             return super().on_client_socket_readable(conn, client)
-        req = None if self.inline_limits is None or self.log.access_log.isEnabledFor(logging.INFO) else inline_http.parse(whole, self.inline_limits)
+        req = None
+        # An access log wants gunicorn's own request objects: with one on, gunicorn reads every request.
+        if self.inline_limits is not None and not self.log.access_log.isEnabledFor(logging.INFO):
+            req = inline_http.parse(whole, self.inline_limits)  # None: not plain, gunicorn's parser reads it
         if req is not None:
             return self.answer_inline(req, len(whole), conn, client)
         self.poller.unregister(client)
