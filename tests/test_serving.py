@@ -327,3 +327,21 @@ def test_a_kept_alive_client_that_does_not_read_holds_up_no_one(onnx_process):
     assert max(during) < 1.0, during
     assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(page) for a in answers)
     assert onnx_process.alive()
+
+
+def test_with_the_access_log_on_every_request_on_a_kept_alive_connection_is_logged(tmp_path, start_server):
+    """At DEBUG gunicorn writes an access line per request from its own request objects: requests after the
+    first on a connection are then read by gunicorn, not by llhttp, and each has its line."""
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"plugin: {WINE_ONNX / 'plugin.py'}\nmodel_uri: {WINE_ONNX / 'model'}\nlogging: {{level: DEBUG}}\n")
+    server = start_server("--conf", conf)
+    kept = KeptAlive(server.port)
+    try:
+        for _ in range(4):
+            assert kept.ask(post("/api/predict", BODY)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        kept.close()
+    deadline = time.monotonic() + 10  # a line is written after its answer
+    while server.log().count('"POST /api/predict HTTP/1.1" 200') < 4:
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.1)
