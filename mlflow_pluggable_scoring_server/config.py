@@ -131,6 +131,9 @@ class Settings(BaseModel):
     read_timeout: Number = setting(
         30, "Seconds a client has to send its whole request (head and body) from its first byte; a slower one gets 408"
         " and its connection is closed. See [Reliability](#reliability).", gt=0)
+    write_timeout: Number = setting(
+        30, "Seconds a client may take none of an answer being sent to it; then its connection is closed and the"
+        " thread sending it freed. See [Reliability](#reliability).", gt=0)
     max_batch_size: Optional[Int] = setting(
         None, "Most requests merged into one model call, for a plugin that can batch; `1`: no batching."
         " See [Batching](#batching).", shown="the plugin's, else `1`", ge=1)

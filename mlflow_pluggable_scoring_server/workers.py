@@ -4,6 +4,9 @@
   seconds of its first byte; a client that is slower is answered 408 and its connection
   closed. Requests are read by a pool of threads, so slow clients do not hold up the others;
   predictions still run one at a time (or in batches) in the model's own thread.
+- **Clients that do not read.** A thread sending an answer waits at most ``write_timeout`` seconds for the
+  client to take some of it; then the connection is closed and the thread freed. A thread is never
+  held by a client that stopped reading.
 - **One CPU.** Once its models are loaded, the worker's Python threads run on one CPU (``cpu_affinity``, see
   affinity.py): the lock they take turns with is not handed from one CPU's caches to another's.
 - **Readiness.** A worker takes no connection before its model is loaded (it tells the master
@@ -27,6 +30,7 @@ Also gunicorn's logger, made to skip the access-log line unless it will be writt
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import logging
 import os
@@ -34,6 +38,7 @@ import re
 import selectors
 import signal
 import socket
+import ssl
 import time
 from concurrent.futures import Future
 from http import HTTPStatus
@@ -46,6 +51,8 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from . import affinity, inline_http, metrics
 from .errors import ReadTimeout, ScoringError
+
+logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 LINGER_SECONDS = 2.0  # gunicorn's own wait for a client to close after its last answer
@@ -90,16 +97,50 @@ def error_response(status, message):
     return head.encode("latin-1") + body
 
 
-class DeadlineSocket:
-    """A client socket whose reads fail with :class:`ReadTimeout` once the request's read deadline has passed.
+class WriteTimeout(BrokenPipeError):
+    """The client took none of an answer for ``write_timeout`` seconds: as good as gone (gunicorn's threads then
+    close the connection, as for a broken pipe)."""
 
-    The deadline runs from the first byte of a request read by :meth:`read_request` until
+
+def send_within(sock, data, seconds):
+    """Send all of ``data`` on the blocking or non-blocking ``sock``, waiting at most ``seconds`` each time the
+    client takes none of it; then raise :class:`WriteTimeout`. A client reading slowly but steadily gets it all.
+
+    The first try does not wait and costs no system call beyond the send (most answers fit in the socket's buffer).
+    """
+    view = memoryview(data).cast("B")
+    sent = 0
+    if not isinstance(sock, ssl.SSLSocket):  # TLS sockets take no flags
+        try:
+            sent = sock.send(view, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+    if sent == len(view):
+        return
+    previous = sock.gettimeout()
+    sock.settimeout(seconds)  # a timeout per send: each waits for room, at most this long
+    try:
+        while sent < len(view):
+            sent += sock.send(view[sent:])
+    except TimeoutError:
+        logger.warning("closed a connection whose client took none of its answer for %g s (write_timeout)", seconds)
+        raise WriteTimeout(errno.EPIPE, f"the client took none of its answer for {seconds:g} s") from None
+    finally:
+        sock.settimeout(previous)
+
+
+class DeadlineSocket:
+    """A client socket whose reads fail with :class:`ReadTimeout` once the request's read deadline has passed,
+    and whose writes fail with :class:`WriteTimeout` when the client takes none of an answer for ``write_seconds``.
+
+    The read deadline runs from the first byte of a request read by :meth:`read_request` until
     :meth:`done`; anything else is the socket's own.
     """
 
-    def __init__(self, sock, seconds):
+    def __init__(self, sock, seconds, write_seconds):
         self._sock = sock
         self.seconds = seconds
+        self.write_seconds = write_seconds
         self.deadline = None
         self.reading = False
         self.expired = False
@@ -144,6 +185,23 @@ class DeadlineSocket:
             if self.reading:
                 self._expire()
             raise
+
+    def sendall(self, data):
+        send_within(self._sock, data, self.write_seconds)
+
+    def sendfile(self, file, offset=0, count=None):
+        # gunicorn sends files (the Swagger UI's scripts) with socket.sendfile, which waits at most the
+        # socket's timeout for room before each part.
+        previous = self._sock.gettimeout()
+        self._sock.settimeout(self.write_seconds)
+        try:
+            return self._sock.sendfile(file, offset, count)
+        except TimeoutError:
+            logger.warning("closed a connection whose client took none of a file for %g s (write_timeout)",
+                           self.write_seconds)
+            raise WriteTimeout(errno.EPIPE, f"the client took none of its answer for {self.write_seconds:g} s") from None
+        finally:
+            self._sock.settimeout(previous)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -384,7 +442,8 @@ class ScoringWorker(ThreadWorker):
             # The client reads slowly: a thread sends the rest, as gunicorn's threads send answers, and
             # finish_request puts the connection back (or closes it), on the main thread.
             self.poller.unregister(client)
-            fs = self.tpool.submit(self.send_rest, sock, memoryview(answer)[sent:], keep)
+            rest = memoryview(answer)[sent:]
+            fs = self.tpool.submit(self.send_rest, sock, rest, keep, self.scoring["settings"].write_timeout)
             fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
         elif keep and self.alive:
             conn.set_timeout()
@@ -426,9 +485,8 @@ class ScoringWorker(ThreadWorker):
                 self.log.exception("Exception in post_request hook")
 
     @staticmethod
-    def send_rest(sock, rest, keep):
-        sock.setblocking(True)
-        sock.sendall(rest)
+    def send_rest(sock, rest, keep, seconds):
+        send_within(sock, rest, seconds)
         return keep
 
     def wait_for_and_dispatch_events(self, timeout):
@@ -448,7 +506,8 @@ class ScoringWorker(ThreadWorker):
         """Read and answer a request; ``arrived``: it is whole in the socket's buffer already, so no read can wait
         and no read deadline is armed (a timeout on the socket costs system calls on every read)."""
         if not isinstance(conn.sock, DeadlineSocket):
-            conn.sock = DeadlineSocket(conn.sock, self.scoring["settings"].read_timeout)
+            settings = self.scoring["settings"]
+            conn.sock = DeadlineSocket(conn.sock, settings.read_timeout, settings.write_timeout)
         if not arrived:
             conn.sock.read_request()
         return super().handle(conn)

@@ -329,6 +329,78 @@ def test_a_kept_alive_client_that_does_not_read_holds_up_no_one(onnx_process):
     assert onnx_process.alive()
 
 
+NOT_READING = {  # what each client asks for, then reads none of; "kept alive": after 2 predictions it read
+    "a file (sendfile, a thread)": get("/swaggerui/swagger-ui-bundle.js") * 4,  # 4 MB
+    "answers (sendall, a thread)": get("/api/swagger") * 200,  # 5.6 MB
+    "answers on a kept-alive connection (the main thread, then a thread)": get("/api/swagger") * 200,
+}
+
+
+@pytest.mark.parametrize("kind", NOT_READING)
+def test_clients_that_stop_reading_free_their_threads_at_the_write_timeout(start_server, kind):
+    """40 clients, more than a worker's 32 threads, ask for more than the sockets' buffers hold and read none of it:
+    each thread sending to one gives up after write_timeout and closes its connection (logged), so other clients'
+    predictions go on. Without a write timeout the threads would wait for ever and no prediction be answered."""
+    server = start_server("--conf", WINE_ONNX / "conf.yaml", "--write-timeout", "1")
+    clients = []
+    try:
+        for _ in range(40):
+            client = KeptAlive(server.port, rcvbuf=2048)
+            clients.append(client)
+            if kind.startswith("answers on a kept-alive"):
+                for _ in range(2):
+                    assert client.ask(post("/api/predict", BODY)).startswith(b"HTTP/1.1 200 ")
+            client.sock.sendall(NOT_READING[kind])
+        deadline = time.monotonic() + 20  # 200 OpenAPI pages take the worker a few seconds to write
+        while "(write_timeout)" not in server.log():  # the first thread gave up
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        started = time.monotonic()
+        during = [server.request("POST", "/api/predict", BODY, {"Content-Type": "application/json"}, timeout=10)
+                  for _ in range(5)]
+        waited = time.monotonic() - started
+    finally:
+        for client in clients:
+            client.close()
+    assert [r.status_code for r in during] == [200] * 5
+    assert waited < 3.5, waited
+    assert "Traceback" not in server.log()
+    assert server.alive()
+
+
+def test_send_within_waits_for_a_client_reading_steadily_however_long_the_answer_takes():
+    """The write timeout bounds each wait for room, not the whole answer: a client taking 64 kB every 0.1 s gets
+    512 kB in about 0.8 s with a timeout of 0.3 s; one that reads nothing is given up on after 0.3 s."""
+    from mlflow_pluggable_scoring_server.workers import WriteTimeout, send_within
+
+    data = bytes(range(256)) * 2048
+    sender, reader = socket.socketpair()
+    with sender, reader:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        received = bytearray()
+
+        def read_steadily():
+            while len(received) < len(data):
+                time.sleep(0.1)
+                received.extend(reader.recv(65536))
+
+        thread = threading.Thread(target=read_steadily, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        send_within(sender, data, 0.3)
+        thread.join(10)
+        assert bytes(received) == data
+        assert time.monotonic() - started > 0.6  # longer than the timeout: it waited several times
+        assert sender.gettimeout() is None  # left blocking, as it was
+    sender, reader = socket.socketpair()
+    with sender, reader:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        started = time.monotonic()
+        with pytest.raises(WriteTimeout):
+            send_within(sender, data, 0.3)
+        assert 0.3 <= time.monotonic() - started < 2
+
+
 def test_with_the_access_log_on_every_request_on_a_kept_alive_connection_is_logged(tmp_path, start_server):
     """At DEBUG gunicorn writes an access line per request from its own request objects: requests after the
     first on a connection are then read by gunicorn, not by llhttp, and each has its line."""
