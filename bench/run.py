@@ -713,7 +713,7 @@ def servers_run(workers, ours_args):
     ours = f"--workers {workers}{' ' + ours_args if ours_args else ''}"
     return {
         ("ours", "v2", "pyfunc"): f"ours `python -m mlflow_pluggable_scoring_server.webserver --conf <sample conf> "
-                                  f"{ours}` (gunicorn, the ScoringWorker of workers.py: 32 reader threads, quick requests answered on its main thread), ready at `{OURS_READY}`",
+                                  f"{ours}` (gunicorn, the ScoringWorker of workers.py: its poller reading requests until whole, 32 threads, quick requests answered on its main thread), ready at `{OURS_READY}`",
         ("pyfunc",): "ours, pyfunc: the same with `--model-uri <model>` instead of the conf",
         ("mlflow",): f"MLflow `mlflow models serve --env-manager local --workers {workers}` (FastAPI on uvicorn), "
                      "ready at `/ping`",

@@ -32,7 +32,7 @@ from .rollout import start_polling
 logger = logging.getLogger("mlflow_pluggable_scoring_server")
 
 WORKER_BOOT_ERROR = 3  # gunicorn halts the whole server when a worker exits with this
-READER_THREADS = 32  # per worker: requests read at once
+READER_THREADS = 32  # per worker: requests answered (or large bodies read) at once
 
 
 def argument_parser():
@@ -117,7 +117,7 @@ def make_server(settings, token, preloaded=None):
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
             self.cfg.set("worker_class", "mlflow_pluggable_scoring_server.workers.ScoringWorker")
-            # Threads read requests (slow clients hold one each until read_timeout) and encode answers;
+            # Threads answer the requests the poller has read whole (and read on large or chunked bodies);
             # predictions run in the model's own thread. Batching wants twice a batch: the next batch
             # is decoded while the model scores this one.
             self.cfg.set("threads", max(READER_THREADS, *(2 * (m.max_batch_size or 1) for m in settings.served_models())))

@@ -2,8 +2,10 @@
 
 - **Slow clients.** A request (its head and its body) must arrive within ``read_timeout``
   seconds of its first byte; a client that is slower is answered 408 and its connection
-  closed. Requests are read by a pool of threads, so slow clients do not hold up the others;
-  predictions still run one at a time (or in batches) in the model's own thread.
+  closed. The worker's poller reads requests until they are whole, holding no thread, so
+  slow clients do not hold up the others however many they are; threads get whole requests
+  (and uploads larger than the poller keeps, chunked bodies, ``Expect: 100-continue``, which
+  they read on). Predictions still run one at a time (or in batches) in the model's own thread.
 - **Clients that do not read.** A thread sending an answer waits at most ``write_timeout`` seconds for the
   client to take some of it; then the connection is closed and the thread freed. A thread is never
   held by a client that stopped reading.
@@ -16,11 +18,10 @@
   closed.
 - **A dead master.** The kernel sends the workers SIGTERM when their master dies (they finish
   what they hold and exit), and the last of them removes the metrics folder the master made.
-- **Quick answers.** While its models predict quickly, a request that has arrived whole on a
-  kept-alive connection is answered on the main thread, with no hand-off to a thread; a plain one
-  (inline_http.py) is read by llhttp rather than gunicorn's parser, and its answer, written by
-  gunicorn's own code to a buffer, goes out in one call (the rest from a thread if the client
-  reads slowly).
+- **Quick answers.** While its models predict quickly, a whole request is answered on the main
+  thread, with no hand-off to a thread; a plain one (inline_http.py) is read by llhttp rather than
+  gunicorn's parser, and its answer, written by gunicorn's own code to a buffer, goes out in one
+  call (the rest from a thread if the client reads slowly).
 - **Broken framing.** What gunicorn's HTTP parser refuses is answered in the server's JSON error
   shape with a 4xx status, logged in one line, never quoting the request. A request whose body
   was not read to its end (an error answered early, a broken chunked body) closes its connection.
@@ -41,13 +42,14 @@ import socket
 import ssl
 import time
 from concurrent.futures import Future
+from functools import partial
 from http import HTTPStatus
 
 from gunicorn import util
 from gunicorn.glogging import Logger
 from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import DEFAULT_WORKER_DATA_TIMEOUT, ThreadWorker, TConn
 
 from . import affinity, inline_http, metrics
 from .errors import ReadTimeout, ScoringError
@@ -58,8 +60,12 @@ PR_SET_PDEATHSIG = 1
 LINGER_SECONDS = 2.0  # gunicorn's own wait for a client to close after its last answer
 SHUTDOWN_LINGER_SECONDS = 0.5  # the same wait for answers sent after SIGTERM
 INLINE_MAX_SECONDS = 0.02  # predictions are answered on the main thread while they take less (moving average)
-PEEK_BYTES = 65536
+READ_BYTES = 65536  # what the poller reads of a connection at a time
+POLLER_MAX_BYTES = 256 * 1024  # a request larger is read on by a thread (an upload): the poller keeps no more
+POLLER_MAX_HEAD_BYTES = 65536  # nor a head larger (gunicorn's parser then refuses it, or reads it)
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
+REQUEST_LINE = re.compile(rb"(?:\r\n)*[A-Z]+ [^ \r\n]+ HTTP/\d\.\d\r\n")
+NOT_TOLD = -1  # request_length: the request's head is whole, but where its body ends is for gunicorn's parser to find
 
 # gunicorn's parser errors: the status to answer and what to say, never the request's own bytes.
 FRAMING_ERRORS = [
@@ -95,6 +101,10 @@ def error_response(status, message):
     head = (f"HTTP/1.1 {status.value} {status.phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
+
+
+def too_late(seconds):
+    return f"the request was not received within the server's read_timeout of {seconds:g} s"
 
 
 class WriteTimeout(BrokenPipeError):
@@ -141,6 +151,7 @@ class DeadlineSocket:
         self._sock = sock
         self.seconds = seconds
         self.write_seconds = write_seconds
+        self.prefix = b""  # bytes the poller read from the socket already: reads return them first
         self.deadline = None
         self.reading = False
         self.expired = False
@@ -149,8 +160,16 @@ class DeadlineSocket:
     def raw(self):
         return self._sock
 
+    def feed(self, data, since):
+        """Bytes the poller read of a request that started arriving at ``since`` (monotonic): reads return them
+        first, and the read deadline runs from ``since``."""
+        self.prefix = bytes(data)
+        self.reading, self.deadline = True, since + self.seconds
+
     def read_request(self):
-        self.reading, self.deadline = True, None
+        self.reading = True
+        if not self.prefix:  # else the poller's deadline holds
+            self.deadline = None
 
     def done(self):
         if self.deadline is not None:  # a read set a timeout on the socket
@@ -169,13 +188,20 @@ class DeadlineSocket:
 
     def _expire(self):
         self.expired = True
-        raise ReadTimeout(f"the request was not received within the server's read_timeout of {self.seconds:g} s")
+        raise ReadTimeout(too_late(self.seconds))
 
-    def recv(self, *args):
-        return self._read(self._sock.recv, args)
+    def recv(self, size, *flags):
+        if self.prefix and not any(flags):
+            chunk, self.prefix = self.prefix[:size], self.prefix[size:]
+            return chunk
+        return self._read(self._sock.recv, (size, *flags))
 
-    def recv_into(self, *args):
-        return self._read(self._sock.recv_into, args)
+    def recv_into(self, buffer, nbytes=0, *flags):
+        if self.prefix and not any(flags):
+            size = min(len(self.prefix), nbytes or len(buffer))
+            buffer[:size], self.prefix = self.prefix[:size], self.prefix[size:]
+            return size
+        return self._read(self._sock.recv_into, (buffer, nbytes, *flags))
 
     def _read(self, method, args):
         self._arm()
@@ -216,28 +242,30 @@ def quick(model):
 
 
 def buffered(conn):
-    """Whether the parser of ``conn`` holds bytes read past the last request: the start of a pipelined one."""
-    return conn.parser is not None and conn.parser.unreader.buf.tell() > 0
+    """Whether ``conn`` holds bytes read from its socket past the last request, the start of a pipelined one: in
+    gunicorn's parser, or left by the poller."""
+    return (conn.parser is not None and conn.parser.unreader.buf.tell() > 0) or bool(getattr(conn.sock, "prefix", b""))
 
 
-def peek_whole(conn):
-    """The bytes of the whole request a keep-alive connection holds already (head and Content-Length body, no
-    chunks), read without taking them from the socket; None when it holds none whole."""
-    if conn.parser is None or buffered(conn):
-        return None
-    try:
-        data = conn.sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:
-        return None
+def request_length(data):
+    """The length of the first request in ``data`` (bytes read from a connection) once it is whole: its head, and
+    its body by Content-Length. None while it is not whole yet. ``NOT_TOLD`` when gunicorn's parser should read
+    it now: its body is chunked, or waits for a ``100 Continue``, or is longer than the poller keeps, or its request
+    line is not one (to be refused)."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
+        line_end = data.find(b"\r\n", 2 if data.startswith(b"\r\n") else 0)
+        if (line_end >= 0 and not REQUEST_LINE.match(data)) or len(data) >= POLLER_MAX_HEAD_BYTES:
+            return NOT_TOLD
         return None
-    head = data[:end].lower()
-    if b"\r\ntransfer-encoding:" in head:
-        return None
+    head = bytes(data[:end]).lower()
+    if b"\r\ntransfer-encoding:" in head or b"\r\nexpect:" in head or not REQUEST_LINE.match(data):
+        return NOT_TOLD
     length = CONTENT_LENGTH.search(head)
     whole = end + 4 + (int(length.group(1)) if length else 0)
-    return data[:whole] if len(data) >= whole else None
+    if whole > POLLER_MAX_BYTES:
+        return NOT_TOLD
+    return whole if len(data) >= whole else None
 
 
 def orphaned(master):
@@ -273,6 +301,7 @@ class ScoringWorker(ThreadWorker):
 
     def init_process(self):
         self.lingering = {}  # sockets answered and half-closed -> when to close them anyway
+        self.reading = {}  # connections whose request is arriving, read by the poller -> their read deadline
         die_with_parent()
         if orphaned(self.ppid):  # the master died before we asked
             os._exit(0)
@@ -386,27 +415,112 @@ class ScoringWorker(ThreadWorker):
     def murder_pending(self):
         super().murder_pending()
         now = time.monotonic()
+        for conn in [c for c, until in self.reading.items() if until <= now]:
+            self.refuse_late(conn)
         for sock in [s for s, until in self.lingering.items() if until <= now]:
             self.close_lingering(sock)
 
+    def accept(self, listener):
+        """Take a new connection into the poller, which reads its request (gunicorn hands it to a thread at once,
+        where a client slow to send holds the thread): threads only get requests that have arrived. TLS
+        connections still go to a thread, for their handshake."""
+        if self.cfg.is_ssl:
+            return super().accept(listener)
+        try:
+            sock, client = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, sock, client, listener.getsockname())  # non-blocking
+        # As long as gunicorn's own wait for a first byte: its thread's, then its poller's.
+        conn.timeout = time.monotonic() + DEFAULT_WORKER_DATA_TIMEOUT + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+
     def on_client_socket_readable(self, conn, client):
-        """A keep-alive connection has data. A request that has arrived whole and is quick to answer is
-        answered right here, on the main thread: no hand-off to a thread and back. The plainest requests
-        are read by llhttp and never leave the poller (inline_http.py); the others are read by gunicorn's
-        parser. Any other request goes to the threads, which may wait for the rest of it."""
-        # Only while every model predicts quickly, one at a time (not batching): while the main thread
-        # predicts, every other connection waits, health checks included.
-        whole = peek_whole(conn) if all(map(quick, self.scoring["repository"])) else None
-        if whole is None:
+        """A connection in the poller (new, kept alive, or with a request arriving) has bytes: read them, and answer
+        the requests they complete (:meth:`serve_arrived`). A request still arriving waits here, holding no thread,
+        until its ``read_timeout`` (then 408)."""
+        if self.cfg.is_ssl:  # TLS: gunicorn's threads read it
             return super().on_client_socket_readable(conn, client)
-        req = None
-        # An access log wants gunicorn's own request objects: with one on, gunicorn reads every request.
-        if self.inline_limits is not None and not self.log.access_log.isEnabledFor(logging.INFO):
-            req = inline_http.parse(whole, self.inline_limits)  # None: not plain, gunicorn's parser reads it
-        if req is not None:
-            return self.answer_inline(req, len(whole), conn, client)
+        sock = getattr(conn.sock, "raw", conn.sock)
+        try:
+            chunk = sock.recv(READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset
+            chunk, conn.arriving = b"", None
+        if conn not in self.reading:
+            if not chunk:  # closed between requests
+                return self.close_waiting(conn, client)
+            self.unlist(conn)
+            conn.arriving, conn.since = bytearray(), time.monotonic()
+            self.reading[conn] = conn.since + self.scoring["settings"].read_timeout
+        elif not chunk:  # closed in the middle of a request: gunicorn's parser answers what it makes of it
+            return self.to_thread(conn, client) if conn.arriving else self.close_waiting(conn, client)
+        conn.arriving += chunk
+        self.serve_arrived(conn, client)
+
+    def serve_arrived(self, conn, client):
+        """Answer the whole requests ``conn`` has read. While every model is quick (predicts quickly, one at a time),
+        on the main thread, with no hand-off to a thread and back: read by llhttp when plain (inline_http.py), else
+        by gunicorn's parser. Otherwise a thread answers. A request not whole yet stays in the poller."""
+        while True:
+            length = request_length(conn.arriving)
+            if length is None and len(conn.arriving) < POLLER_MAX_BYTES:
+                return  # more to come
+            if length is None or length == NOT_TOLD or not all(map(quick, self.scoring["repository"])):
+                return self.to_thread(conn, client)
+            req = None
+            # An access log wants gunicorn's own request objects: with one on, gunicorn reads every request.
+            if self.inline_limits is not None and not self.log.access_log.isEnabledFor(logging.INFO):
+                req = inline_http.parse(bytes(conn.arriving[:length]), self.inline_limits)
+            if req is None:  # not plain: gunicorn's parser reads it, here if it can
+                return self.to_thread(conn, client, here=conn.initialized)
+            del conn.arriving[:length]
+            del self.reading[conn]
+            if not self.answer_inline(req, conn, client):
+                return
+            if not conn.arriving:
+                conn.arriving = None
+                conn.set_timeout()
+                self.keepalived_conns.append(conn)
+                return
+            conn.since = time.monotonic()  # a pipelined request follows
+            self.reading[conn] = conn.since + self.scoring["settings"].read_timeout
+
+    def unlist(self, conn):
+        """Take ``conn`` off the lists of connections waiting in the poller."""
+        if self.reading.pop(conn, None) is not None:
+            return
+        for waiting in (self.keepalived_conns, self.pending_conns):
+            try:
+                waiting.remove(conn)
+                return
+            except ValueError:
+                pass
+
+    def close_waiting(self, conn, client):
+        self.unlist(conn)
         self.poller.unregister(client)
-        self.keepalived_conns.remove(conn)
+        self.nr_conns -= 1
+        util.close(getattr(conn.sock, "raw", conn.sock))
+
+    def to_thread(self, conn, client, here=False):
+        """gunicorn's parser reads the request from the bytes the poller has, then the socket: in a thread, or
+        ``here`` (the request is whole, so no read waits)."""
+        self.unlist(conn)
+        self.poller.unregister(client)
+        if not isinstance(conn.sock, DeadlineSocket):
+            settings = self.scoring["settings"]
+            conn.sock = DeadlineSocket(conn.sock, settings.read_timeout, settings.write_timeout)
+        conn.sock.feed(conn.arriving or b"", conn.since)
+        conn.arriving = None
+        conn.data_ready = True  # no wait for a first byte in gunicorn's handle()
+        if not here:
+            return self.enqueue_req(conn)
         done = Future()
         try:
             done.set_result(self.handle(conn, arrived=True))
@@ -414,19 +528,27 @@ class ScoringWorker(ThreadWorker):
             done.set_exception(e)
         self.finish_request(conn, done)
 
-    def answer_inline(self, req, length, conn, client):
-        """Answer ``req``, whose ``length`` bytes wait in ``conn``'s socket, on the main thread, with gunicorn's
-        environ and response written to a buffer; the connection stays in the poller."""
+    def refuse_late(self, conn):
+        """408 to a client whose request has not arrived whole within read_timeout, and close its connection."""
+        self.unlist(conn)
         sock = getattr(conn.sock, "raw", conn.sock)
-        self.keepalived_conns.remove(conn)
         try:
-            if len(sock.recv(length, socket.MSG_DONTWAIT)) != length:  # seen whole a moment ago: cannot happen
-                raise ConnectionError("the request vanished from the socket")
+            self.poller.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        seconds = self.scoring["settings"].read_timeout
+        self.log.warning("refused a request from %s: 408 Request Timeout (ReadTimeout)", (conn.client or ("",))[0])
+        try:
+            sock.send(error_response(HTTPStatus.REQUEST_TIMEOUT, too_late(seconds)), socket.MSG_DONTWAIT)
         except OSError:
-            self.poller.unregister(client)
-            self.nr_conns -= 1
-            util.close(sock)
-            return
+            pass
+        conn.arriving = None
+        self.linger(sock)
+
+    def answer_inline(self, req, conn, client):
+        """Answer ``req``, read from ``conn`` by the poller, on the main thread, with gunicorn's environ and response
+        written to a buffer. Returns whether the connection stays in the poller for its next request."""
+        sock = getattr(conn.sock, "raw", conn.sock)
         try:
             answer, keep = self.serve_inline(req, conn)
         except Exception as e:  # noqa: BLE001 -- as gunicorn's handle(): a JSON 500, then close
@@ -440,17 +562,24 @@ class ScoringWorker(ThreadWorker):
             sent, keep = len(answer), False
         if sent < len(answer):
             # The client reads slowly: a thread sends the rest, as gunicorn's threads send answers, and
-            # finish_request puts the connection back (or closes it), on the main thread.
+            # finish_request puts the connection back (or closes it), on the main thread; a thread answers
+            # the requests the client sent meanwhile.
             self.poller.unregister(client)
+            settings = self.scoring["settings"]
+            if not isinstance(conn.sock, DeadlineSocket):
+                conn.sock = DeadlineSocket(conn.sock, settings.read_timeout, settings.write_timeout)
+            conn.sock.prefix = bytes(conn.arriving or b"")
+            conn.arriving = None
+            conn.data_ready = True  # what it sent meanwhile may be all in the prefix: no wait for the socket
             rest = memoryview(answer)[sent:]
-            fs = self.tpool.submit(self.send_rest, sock, rest, keep, self.scoring["settings"].write_timeout)
+            fs = self.tpool.submit(self.send_rest, sock, rest, keep, settings.write_timeout)
             fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
-        elif keep and self.alive:
-            conn.set_timeout()
-            self.keepalived_conns.append(conn)
-        else:
-            self.poller.unregister(client)
-            self.linger(sock)
+            return False
+        if keep and self.alive:
+            return True
+        self.poller.unregister(client)
+        self.linger(sock)
+        return False
 
     def serve_inline(self, req, conn):
         """The app's answer to ``req`` as bytes on the wire, and whether to keep the connection: gunicorn's
@@ -492,8 +621,14 @@ class ScoringWorker(ThreadWorker):
     def wait_for_and_dispatch_events(self, timeout):
         # gunicorn's shutdown waits here for the whole graceful_timeout when nothing happens, and
         # only then closes the keep-alive connections that expired long before: check each second
-        # (a tenth of one once shutting down).
-        super().wait_for_and_dispatch_events(min(timeout, 1.0 if self.alive else 0.1))
+        # (a tenth of one once shutting down), and at the first read deadline of a request arriving.
+        timeout = min(timeout, 1.0 if self.alive else 0.1)
+        first = next(iter(self.reading.values()), None)  # the earliest: read_timeout is the same for all
+        if first is not None:
+            timeout = min(timeout, max(first - time.monotonic(), 0.0))
+        super().wait_for_and_dispatch_events(timeout)
+        if first is not None and first <= time.monotonic():
+            self.murder_pending()
         try:
             moved = affinity.rebalance()
         except (OSError, ValueError) as e:  # /proc unreadable: stay where we are

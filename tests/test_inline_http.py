@@ -1,4 +1,5 @@
-"""inline_http.parse: which requests a worker reads itself (llhttp) and which it leaves to gunicorn's parser.
+"""inline_http.parse: which requests a worker reads itself (llhttp) and which it leaves to gunicorn's parser; and
+workers.request_length: how long the worker's poller reads a request before it is answered.
 
 The worker's use of it is tested on a real server in test_serving.py (requests on a kept-alive connection)."""
 
@@ -6,6 +7,7 @@ import pytest
 from gunicorn.config import Config
 
 from mlflow_pluggable_scoring_server import inline_http
+from mlflow_pluggable_scoring_server.workers import NOT_TOLD, POLLER_MAX_BYTES, POLLER_MAX_HEAD_BYTES, request_length
 
 LIMITS = inline_http.Limits.of(Config())
 HEAD = b"POST /api/predict?x=1&y=%20 HTTP/1.1\r\nHost: h:5000\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
@@ -60,3 +62,28 @@ def test_the_limits_are_gunicorns_own():
     assert inline_http.parse(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n\r\n", inline_http.Limits.of(cfg)) is None
     cfg.set("limit_request_fields", 2)
     assert inline_http.parse(HEAD + b"\r\n{}", inline_http.Limits.of(cfg)) is None
+
+
+# What the worker's poller keeps reading before a request goes to an answer (workers.request_length).
+POSTED = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+LENGTHS = {
+    "half a request line": (b"POST /api/pre", None),
+    "half a head": (b"GET /ping HTTP/1.1\r\nHost: x\r\n", None),
+    "a whole GET": (b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n", len(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")),
+    "a body still arriving": (POSTED + b"{}", None),
+    "a whole POST": (POSTED + b"[1,2]", len(POSTED) + 5),
+    "two pipelined": (POSTED + b"[1,2]" + POSTED, len(POSTED) + 5),
+    "leading empty lines": (b"\r\nGET /ping HTTP/1.1\r\n\r\n", len(b"\r\nGET /ping HTTP/1.1\r\n\r\n")),
+    "chunked": (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", NOT_TOLD),
+    "waiting for 100 Continue": (b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", NOT_TOLD),
+    "a body larger than the poller keeps": (b"POST /x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % POLLER_MAX_BYTES, NOT_TOLD),
+    "not a request line": (b"\x16\x03\x01\x02\x00\x01\r\n", NOT_TOLD),
+    "a lower-case method": (b"get / HTTP/1.1\r\n", NOT_TOLD),
+    "a head larger than the poller keeps": (b"GET / HTTP/1.1\r\nX: " + b"a" * POLLER_MAX_HEAD_BYTES, NOT_TOLD),
+}
+
+
+@pytest.mark.parametrize("case", LENGTHS)
+def test_the_poller_keeps_reading_until_a_request_is_whole_or_for_gunicorn_to_read(case):
+    data, expected = LENGTHS[case]
+    assert request_length(bytearray(data)) == expected

@@ -88,6 +88,52 @@ def test_slow_clients_do_not_hold_up_the_others(wine_process):
     assert all(not client.answer for client in slow), "a slow client was answered before the read deadline"
 
 
+def test_more_slow_clients_than_a_worker_has_threads_hold_up_no_one(wine_process):
+    """40 clients trickling their request (a byte every 0.5 s) and 40 that connect and send nothing, more than a
+    worker's 32 threads: the poller reads requests until they are whole, so no thread waits on them and the other
+    clients' predictions are answered as quickly as alone. When threads read, each of these clients held one."""
+    slow = [SlowClient(wine_process.port, part) for part in ["head"] * 20 + ["body"] * 20]
+    silent = [socket.create_connection(("127.0.0.1", wine_process.port)) for _ in range(40)]
+    for client in slow:
+        client.start()
+    time.sleep(1)
+    try:
+        during = latencies(wine_process, count=10)
+    finally:
+        for client in slow:
+            client.stop.set()
+        for client in slow:
+            client.join(10)
+        for sock in silent:
+            sock.close()
+    assert max(during) < 1.0, during
+    assert all(not client.answer for client in slow), "a slow client was answered before the read deadline"
+
+
+def test_a_client_that_waits_for_100_continue_gets_it_and_its_answer(wine_process):
+    """A client sending ``Expect: 100-continue`` waits for the server's go-ahead before its body: the poller does
+    not wait for that body, gunicorn's parser answers 100 at once, then the prediction."""
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(BODY))
+    with socket.create_connection(("127.0.0.1", wine_process.port), timeout=3) as sock:
+        sock.sendall(head)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(BODY)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_a_request_trickled_in_within_the_read_timeout_is_answered(wine_process):
+    """The poller reads a request sent a few bytes at a time, however it is cut, and answers it once whole."""
+    request = post("/api/predict", BODY)
+    with socket.create_connection(("127.0.0.1", wine_process.port), timeout=5) as sock:
+        for start in range(0, len(request), 37):
+            sock.sendall(request[start:start + 37])
+            time.sleep(0.002)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
 def test_slow_clients_get_408_at_the_read_deadline(start_server):
     server = start_server("--conf", WINE / "conf.yaml", "--read-timeout", "2")
     slow = [SlowClient(server.port, part, limit=10) for part in ("head", "body")]
