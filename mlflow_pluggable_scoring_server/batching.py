@@ -4,7 +4,10 @@ Request threads decode their own body through :meth:`Batcher.submit`; one batche
 per worker takes up to ``max_batch_size`` inputs, runs them through the model at once and
 hands each request its own output through a future. After the first input arrived it waits
 for others at most ``max_batch_time_ms``, and only while other requests are still being
-decoded: a request alone is scored at once, not after the wait. A batch that fails is run
+decoded: a request alone is scored at once, not after the wait. When requests had to wait
+behind the last batch (the model is the bottleneck), it also waits, as long at most, for the
+clients that batch just answered to send again: else clients split into two halves whose
+batches take turns, each half the size it could be. A batch that fails is run
 again one input at a time, so that only the requests whose input fails get an error.
 """
 
@@ -52,6 +55,7 @@ class Batcher:
         self._decoding = 0  # requests in submit's decode() that have not queued their input yet
         self._arrived = threading.Condition()
         self._closed = False
+        self._last_size = 0  # requests in the last batch, when others waited behind it; else 0
         self._thread = threading.Thread(target=self._serve, name="batcher", daemon=True)
         self._thread.start()
 
@@ -99,6 +103,8 @@ class Batcher:
             try:
                 if batch:  # all cancelled (their requests timed out) is possible
                     self._score(batch)
+                with self._arrived:
+                    self._last_size = len(waiting) if self._waiting else 0
             except Exception as e:
                 logger.exception("the batcher failed outside the model call")
                 for _, future in batch:
@@ -116,6 +122,14 @@ class Batcher:
             while (len(self._waiting) < self.max_size and self._decoding
                    and self._arrived.wait(max(until - time.monotonic(), 0))):
                 pass
+            if self._last_size:
+                # Requests waited behind the last batch: its clients, answered a moment ago, are likely to send
+                # again at once. Wait for them too, at most max_wait, so that two halves of the clients do not
+                # take turns with half-size batches.
+                expected = min(self.max_size, self._last_size + len(self._waiting))
+                until = time.monotonic() + self.max_wait
+                while len(self._waiting) < expected and self._arrived.wait(max(until - time.monotonic(), 0)):
+                    pass
             return [self._waiting.popleft() for _ in range(min(self.max_size, len(self._waiting)))]
 
     def _score(self, batch):

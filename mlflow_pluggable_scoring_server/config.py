@@ -139,7 +139,8 @@ class Settings(BaseModel):
         " See [Batching](#batching).", shown="the plugin's, else `1`", ge=1)
     max_batch_time_ms: Optional[Number] = setting(
         None, "Milliseconds the first request of a batch waits at most for others to join it (only while other requests"
-        " are being decoded).", shown="the plugin's, else `2`", ge=0, le=60_000)
+        " are being decoded, or, when requests waited behind the last batch, for that batch's clients to send"
+        " again).", shown="the plugin's, else `2`", ge=0, le=60_000)
     graceful_timeout: Number = setting(30, "Seconds to finish the requests in flight after SIGTERM.", gt=0)
     auth_token_file: Optional[str] = setting(
         None, f"File holding the bearer token callers must send (or set `{AUTH_TOKEN_ENV}`); none: no auth.")

@@ -3,7 +3,9 @@
 The served path, with real models and plugins, is tested in test_batching.py.
 """
 
+import statistics
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -69,3 +71,53 @@ def test_a_decode_error_is_raised_to_its_caller_and_queues_nothing():
     with pytest.raises(ValueError, match="not decodable"):
         batcher.submit(broken)
     assert batcher.submit(lambda: 3).result(timeout=10) == 6
+
+
+def clients_in_a_loop(batcher, starts, seconds):
+    """Each client (one per start delay) submits, waits for its answer, and submits again after 0.5 ms (its answer's
+    way back and its next request's way in), decoding each request in 0.3 ms; the latency of every request."""
+    stop = time.monotonic() + seconds
+    latencies = []
+
+    def decode():
+        time.sleep(0.0003)
+        return 1
+
+    def client(delay):
+        time.sleep(delay)
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            batcher.submit(decode).result(timeout=10)
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.0005)
+
+    threads = [threading.Thread(target=client, args=(delay,)) for delay in starts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies
+
+
+def a_model_of_10_ms(inputs):
+    time.sleep(0.01)
+    return inputs
+
+
+def test_clients_in_two_halves_are_merged_into_whole_batches():
+    """8 clients, 4 of them starting while the first 4 are scored: each half arrives while the other's batch runs.
+    Batches of 4 would take turns for ever; the batcher waits (at most max_wait) for the half it just answered,
+    and the batches hold all 8 (4 each before, half the requests per second)."""
+    sizes = []
+    batcher = Batcher(a_model_of_10_ms, max_size=16, max_wait_seconds=0.002, on_batch=sizes.append)
+    clients_in_a_loop(batcher, [0] * 4 + [0.005] * 4, seconds=0.6)
+    assert statistics.median(sizes[-10:]) == 8, sizes
+
+
+def test_a_lone_client_never_waits_for_others():
+    """One client: nothing waits behind its batches, so the batcher never waits for more (here up to 50 ms)."""
+    sizes = []
+    batcher = Batcher(a_model_of_10_ms, max_size=16, max_wait_seconds=0.05, on_batch=sizes.append)
+    latencies = clients_in_a_loop(batcher, [0], seconds=0.3)
+    assert set(sizes) == {1}
+    assert max(latencies) < 0.04, latencies
