@@ -56,6 +56,7 @@ class Batcher:
         self._arrived = threading.Condition()
         self._closed = False
         self._last_size = 0  # requests in the last batch, when others waited behind it; else 0
+        self._fruitless = False  # the last wait for a batch's clients to send again brought none
         self._thread = threading.Thread(target=self._serve, name="batcher", daemon=True)
         self._thread.start()
 
@@ -104,7 +105,7 @@ class Batcher:
                 if batch:  # all cancelled (their requests timed out) is possible
                     self._score(batch)
                 with self._arrived:
-                    self._last_size = len(waiting) if self._waiting else 0
+                    self._last_size = len(batch) if self._waiting else 0
             except Exception as e:
                 logger.exception("the batcher failed outside the model call")
                 for _, future in batch:
@@ -122,14 +123,19 @@ class Batcher:
             while (len(self._waiting) < self.max_size and self._decoding
                    and self._arrived.wait(max(until - time.monotonic(), 0))):
                 pass
-            if self._last_size:
+            if self._last_size and not self._fruitless:
                 # Requests waited behind the last batch: its clients, answered a moment ago, are likely to send
                 # again at once. Wait for them too, at most max_wait, so that two halves of the clients do not
-                # take turns with half-size batches.
-                expected = min(self.max_size, self._last_size + len(self._waiting))
+                # take turns with half-size batches. Clients that do not come back (new connections each time,
+                # other workers' clients) cost one such wait in two: after one that brought none, none.
+                before = len(self._waiting)
+                expected = min(self.max_size, self._last_size + before)
                 until = time.monotonic() + self.max_wait
                 while len(self._waiting) < expected and self._arrived.wait(max(until - time.monotonic(), 0)):
                     pass
+                self._fruitless = len(self._waiting) == before
+            else:
+                self._fruitless = False
             return [self._waiting.popleft() for _ in range(min(self.max_size, len(self._waiting)))]
 
     def _score(self, batch):

@@ -41,7 +41,6 @@ import signal
 import socket
 import ssl
 import time
-from concurrent.futures import Future
 from functools import partial
 from http import HTTPStatus
 
@@ -63,8 +62,8 @@ INLINE_MAX_SECONDS = 0.02  # predictions are answered on the main thread while t
 READ_BYTES = 65536  # what the poller reads of a connection at a time
 POLLER_MAX_BYTES = 256 * 1024  # a request larger is read on by a thread (an upload): the poller keeps no more
 POLLER_MAX_HEAD_BYTES = 65536  # nor a head larger (gunicorn's parser then refuses it, or reads it)
-CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
-REQUEST_LINE = re.compile(rb"(?:\r\n)*[A-Z]+ [^ \r\n]+ HTTP/\d\.\d\r\n")
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,15})(?![\d])")  # longer: gunicorn's parser refuses it
+REQUEST_LINE = re.compile(rb"(?:\r\n)*[A-Z0-9!#$%&'*+.^_`|~-]+ [^ \r\n]+ HTTP/\d\.\d\r\n")
 NOT_TOLD = -1  # request_length: the request's head is whole, but where its body ends is for gunicorn's parser to find
 
 # gunicorn's parser errors: the status to answer and what to say, never the request's own bytes.
@@ -120,14 +119,18 @@ def send_within(sock, data, seconds):
     """
     view = memoryview(data).cast("B")
     sent = 0
+    previous = sock.gettimeout()
     if not isinstance(sock, ssl.SSLSocket):  # TLS sockets take no flags
+        if previous:  # a read deadline's timeout: Python would wait for room before even this send
+            sock.settimeout(None)
         try:
             sent = sock.send(view, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
     if sent == len(view):
+        if previous:
+            sock.settimeout(previous)
         return
-    previous = sock.gettimeout()
     sock.settimeout(seconds)  # a timeout per send: each waits for room, at most this long
     try:
         while sent < len(view):
@@ -247,12 +250,13 @@ def buffered(conn):
     return (conn.parser is not None and conn.parser.unreader.buf.tell() > 0) or bool(getattr(conn.sock, "prefix", b""))
 
 
-def request_length(data):
-    """The length of the first request in ``data`` (bytes read from a connection) once it is whole: its head, and
-    its body by Content-Length. None while it is not whole yet. ``NOT_TOLD`` when gunicorn's parser should read
-    it now: its body is chunked, or waits for a ``100 Continue``, or is longer than the poller keeps, or its request
-    line is not one (to be refused)."""
-    end = data.find(b"\r\n\r\n")
+def request_length(data, scanned=0):
+    """The length of the first request in ``data`` (bytes read from a connection), once its head is whole: its
+    head and its body by Content-Length (``data`` may not hold all of it yet). None while the head is not whole
+    (``scanned``: the bytes of ``data`` already searched for its end). ``NOT_TOLD`` when gunicorn's parser should
+    read it now: its body is chunked, or waits for a ``100 Continue``, or is longer than the poller keeps, or its
+    head is, or its request line is not one (to be refused)."""
+    end = data.find(b"\r\n\r\n", max(scanned - 3, 0))
     if end < 0:
         line_end = data.find(b"\r\n", 2 if data.startswith(b"\r\n") else 0)
         if (line_end >= 0 and not REQUEST_LINE.match(data)) or len(data) >= POLLER_MAX_HEAD_BYTES:
@@ -262,10 +266,10 @@ def request_length(data):
     if b"\r\ntransfer-encoding:" in head or b"\r\nexpect:" in head or not REQUEST_LINE.match(data):
         return NOT_TOLD
     length = CONTENT_LENGTH.search(head)
-    whole = end + 4 + (int(length.group(1)) if length else 0)
-    if whole > POLLER_MAX_BYTES:
+    if length is None and b"\r\ncontent-length:" in head:  # not a number we read: gunicorn's parser judges it
         return NOT_TOLD
-    return whole if len(data) >= whole else None
+    whole = end + 4 + (int(length.group(1)) if length else 0)
+    return NOT_TOLD if whole > POLLER_MAX_BYTES else whole
 
 
 def orphaned(master):
@@ -370,10 +374,15 @@ class ScoringWorker(ThreadWorker):
         except Exception:
             keep = False
         if keep is True and self.alive and buffered(conn):
-            # The client sent its next request along (HTTP/1.1 pipelining) and the parser has read it: the
-            # socket may never be readable again, so the poller would not report it. A thread answers it now.
-            self.enqueue_req(conn)
-            return None
+            # The client sent (part of) its next request along (HTTP/1.1 pipelining), read already: the socket
+            # may never be readable again, so the poller would not report it. The poller takes those bytes back
+            # and answers, or waits for the rest of the request, as for any.
+            ahead = (conn.parser.unreader.take_buffered() if conn.parser is not None else b"") + conn.sock.prefix
+            conn.sock.prefix = b""
+            conn.sock.setblocking(False)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+            self.start_reading(conn, bytearray(ahead))
+            return self.serve_arrived(conn, conn.sock)
         if keep and self.alive:
             return super().finish_request(conn, fs)
         self.linger(conn.sock)
@@ -456,8 +465,7 @@ class ScoringWorker(ThreadWorker):
             if not chunk:  # closed between requests
                 return self.close_waiting(conn, client)
             self.unlist(conn)
-            conn.arriving, conn.since = bytearray(), time.monotonic()
-            self.reading[conn] = conn.since + self.scoring["settings"].read_timeout
+            self.start_reading(conn, bytearray())
         elif not chunk:  # closed in the middle of a request: gunicorn's parser answers what it makes of it
             return self.to_thread(conn, client) if conn.arriving else self.close_waiting(conn, client)
         conn.arriving += chunk
@@ -468,18 +476,28 @@ class ScoringWorker(ThreadWorker):
         on the main thread, with no hand-off to a thread and back: read by llhttp when plain (inline_http.py), else
         by gunicorn's parser. Otherwise a thread answers. A request not whole yet stays in the poller."""
         while True:
-            length = request_length(conn.arriving)
-            if length is None and len(conn.arriving) < POLLER_MAX_BYTES:
-                return  # more to come
-            if length is None or length == NOT_TOLD or not all(map(quick, self.scoring["repository"])):
+            if conn.length is None:  # the head is not whole yet
+                try:
+                    conn.length = request_length(conn.arriving, conn.scanned)
+                except Exception:  # noqa: BLE001 -- never on the main loop: gunicorn's parser judges the request
+                    self.log.exception("cannot frame a request; gunicorn's parser reads it")
+                    conn.length = NOT_TOLD
+                conn.scanned = len(conn.arriving)
+                if conn.length is None:
+                    return  # more to come
+            length = conn.length
+            if length == NOT_TOLD or not all(map(quick, self.scoring["repository"])):
                 return self.to_thread(conn, client)
+            if len(conn.arriving) < length:
+                return  # more to come
             req = None
             # An access log wants gunicorn's own request objects: with one on, gunicorn reads every request.
             if self.inline_limits is not None and not self.log.access_log.isEnabledFor(logging.INFO):
                 req = inline_http.parse(bytes(conn.arriving[:length]), self.inline_limits)
-            if req is None:  # not plain: gunicorn's parser reads it, here if it can
-                return self.to_thread(conn, client, here=conn.initialized)
+            if req is None:  # not plain: gunicorn's parser reads it, in a thread (its writes may wait)
+                return self.to_thread(conn, client)
             del conn.arriving[:length]
+            conn.length, conn.scanned = None, 0
             del self.reading[conn]
             if not self.answer_inline(req, conn, client):
                 return
@@ -488,8 +506,12 @@ class ScoringWorker(ThreadWorker):
                 conn.set_timeout()
                 self.keepalived_conns.append(conn)
                 return
-            conn.since = time.monotonic()  # a pipelined request follows
-            self.reading[conn] = conn.since + self.scoring["settings"].read_timeout
+            self.start_reading(conn, conn.arriving)  # a pipelined request follows
+
+    def start_reading(self, conn, arriving):
+        """``conn`` has the start of a request (``arriving``, maybe nothing yet): its read deadline runs from now."""
+        conn.arriving, conn.length, conn.scanned, conn.since = arriving, None, 0, time.monotonic()
+        self.reading[conn] = conn.since + self.scoring["settings"].read_timeout
 
     def unlist(self, conn):
         """Take ``conn`` off the lists of connections waiting in the poller."""
@@ -508,9 +530,8 @@ class ScoringWorker(ThreadWorker):
         self.nr_conns -= 1
         util.close(getattr(conn.sock, "raw", conn.sock))
 
-    def to_thread(self, conn, client, here=False):
-        """gunicorn's parser reads the request from the bytes the poller has, then the socket: in a thread, or
-        ``here`` (the request is whole, so no read waits)."""
+    def to_thread(self, conn, client):
+        """A thread answers the request, gunicorn's parser reading it from the bytes the poller has, then the socket."""
         self.unlist(conn)
         self.poller.unregister(client)
         if not isinstance(conn.sock, DeadlineSocket):
@@ -519,14 +540,7 @@ class ScoringWorker(ThreadWorker):
         conn.sock.feed(conn.arriving or b"", conn.since)
         conn.arriving = None
         conn.data_ready = True  # no wait for a first byte in gunicorn's handle()
-        if not here:
-            return self.enqueue_req(conn)
-        done = Future()
-        try:
-            done.set_result(self.handle(conn, arrived=True))
-        except BaseException as e:  # noqa: BLE001 -- finish_request reads it as the thread's outcome
-            done.set_exception(e)
-        self.finish_request(conn, done)
+        self.enqueue_req(conn)
 
     def refuse_late(self, conn):
         """408 to a client whose request has not arrived whole within read_timeout, and close its connection."""
@@ -637,14 +651,12 @@ class ScoringWorker(ThreadWorker):
             if moved is not None:
                 self.log.info("worker %d: other processes took its CPU; Python threads moved to CPU %d", self.pid, moved)
 
-    def handle(self, conn, arrived=False):
-        """Read and answer a request; ``arrived``: it is whole in the socket's buffer already, so no read can wait
-        and no read deadline is armed (a timeout on the socket costs system calls on every read)."""
+    def handle(self, conn):
+        """Read and answer a request, in a thread, within the read deadline (from the poller's first byte of it)."""
         if not isinstance(conn.sock, DeadlineSocket):
             settings = self.scoring["settings"]
             conn.sock = DeadlineSocket(conn.sock, settings.read_timeout, settings.write_timeout)
-        if not arrived:
-            conn.sock.read_request()
+        conn.sock.read_request()
         return super().handle(conn)
 
     def handle_request(self, req, conn):

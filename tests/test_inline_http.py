@@ -70,7 +70,7 @@ LENGTHS = {
     "half a request line": (b"POST /api/pre", None),
     "half a head": (b"GET /ping HTTP/1.1\r\nHost: x\r\n", None),
     "a whole GET": (b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n", len(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")),
-    "a body still arriving": (POSTED + b"{}", None),
+    "a body still arriving": (POSTED + b"{}", len(POSTED) + 5),  # its length is known: the poller waits for it
     "a whole POST": (POSTED + b"[1,2]", len(POSTED) + 5),
     "two pipelined": (POSTED + b"[1,2]" + POSTED, len(POSTED) + 5),
     "leading empty lines": (b"\r\nGET /ping HTTP/1.1\r\n\r\n", len(b"\r\nGET /ping HTTP/1.1\r\n\r\n")),
@@ -80,6 +80,8 @@ LENGTHS = {
     "not a request line": (b"\x16\x03\x01\x02\x00\x01\r\n", NOT_TOLD),
     "a lower-case method": (b"get / HTTP/1.1\r\n", NOT_TOLD),
     "a head larger than the poller keeps": (b"GET / HTTP/1.1\r\nX: " + b"a" * POLLER_MAX_HEAD_BYTES, NOT_TOLD),
+    "a Content-Length of 5000 digits": (b"POST /x HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", NOT_TOLD),
+    "a Content-Length not a number": (b"POST /x HTTP/1.1\r\nContent-Length: x\r\n\r\n", NOT_TOLD),
 }
 
 
@@ -87,3 +89,10 @@ LENGTHS = {
 def test_the_poller_keeps_reading_until_a_request_is_whole_or_for_gunicorn_to_read(case):
     data, expected = LENGTHS[case]
     assert request_length(bytearray(data)) == expected
+
+
+def test_the_end_of_a_head_is_found_across_reads_without_searching_again_what_was_searched():
+    data = bytearray(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r")
+    assert request_length(data) is None
+    data += b"\n"  # the end of the head straddles the two reads
+    assert request_length(data, scanned=len(data) - 1) == len(data)

@@ -110,6 +110,32 @@ def test_more_slow_clients_than_a_worker_has_threads_hold_up_no_one(wine_process
     assert all(not client.answer for client in slow), "a slow client was answered before the read deadline"
 
 
+def test_clients_sending_the_start_of_their_next_request_along_hold_no_thread(wine_process):
+    """40 clients each send a request that a thread answers (a header with an underscore sends it to gunicorn's
+    parser) and the first bytes of the next: the poller takes those bytes back and waits for the rest, so the 32
+    threads are free for the predictions of other clients, which need them too. When threads waited for the rest,
+    these clients held them all until the read timeout."""
+    head, _, body = post("/api/predict", BODY).partition(b"\r\n\r\n")
+    clients = [socket.create_connection(("127.0.0.1", wine_process.port)) for _ in range(40)]
+    try:
+        for sock in clients:
+            sock.sendall(head + b"\r\nX_Via_Thread: 1\r\n\r\n" + body + b"POST /api/pre")
+        time.sleep(1)
+        during = []
+        for _ in range(10):  # answered by threads too
+            started = time.monotonic()
+            headers = {"Content-Type": "application/json", "X_Via_Thread": "1"}
+            assert wine_process.request("POST", "/api/predict", BODY, headers, timeout=10).status_code == 200
+            during.append(time.monotonic() - started)
+        for sock in clients:  # each got its first answer
+            sock.settimeout(5)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in clients:
+            sock.close()
+    assert max(during) < 1.0, during
+
+
 def test_a_client_that_waits_for_100_continue_gets_it_and_its_answer(wine_process):
     """A client sending ``Expect: 100-continue`` waits for the server's go-ahead before its body: the poller does
     not wait for that body, gunicorn's parser answers 100 at once, then the prediction."""
@@ -190,6 +216,9 @@ FRAMING_CASES = {
                                   b"Transfer-Encoding: chunked\r\n\r\n5\r\n{}   ",
     "body shorter than Content-Length": b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                                         b"Content-Length: 5000\r\n\r\n" + BODY,
+    # More digits than Python's int() takes from a string: the worker's framing must not raise.
+    "a Content-Length of 5000 digits": b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                       b"Content-Length: " + b"1" * 5000 + b"\r\n\r\n{}",
 }
 
 
@@ -308,22 +337,27 @@ KEPT_ALIVE_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", KEPT_ALIVE_REQUESTS, ids=list(KEPT_ALIVE_REQUESTS))
-def test_a_kept_alive_connection_gets_the_answers_a_new_one_gets(onnx_process, case):
-    """The same request, first on a new connection (gunicorn reads it) and then after two predictions on one
-    connection (the worker reads it with llhttp): the same answer, byte for byte but the Date."""
+def test_what_llhttp_reads_is_answered_as_what_gunicorns_parser_reads(onnx_process, case):
+    """The same request read by gunicorn's parser (sent with a header whose name has an underscore, which llhttp's
+    path leaves to gunicorn, and gunicorn drops) and by the worker with llhttp, on a new connection and after two
+    predictions on one: the same answer, byte for byte but the Date."""
     request = KEPT_ALIVE_REQUESTS[case]
+    head, _, body = request.partition(b"\r\n\r\n")
     first = KeptAlive(onnx_process.port)
     kept = KeptAlive(onnx_process.port)
     try:
-        expected = first.ask(request)
+        expected = first.ask(head + b"\r\nX_Read_By: gunicorn\r\n\r\n" + body)
         for _ in range(2):
             assert kept.ask(post("/api/predict", BODY)).startswith(b"HTTP/1.1 200 ")
         answers = [kept.ask(request) for _ in range(3)]
+        fresh = KeptAlive(onnx_process.port)
+        answers.append(fresh.ask(request))
+        fresh.close()
     finally:
         first.close()
         kept.close()
     assert b"Connection: keep-alive" in expected and MARKER.encode() not in expected
-    assert [without_date(a) for a in answers] == [without_date(expected)] * 3
+    assert [without_date(a) for a in answers] == [without_date(expected)] * 4
 
 
 def test_connection_close_on_a_kept_alive_connection_closes_it(onnx_process):
