@@ -18,10 +18,10 @@
   closed.
 - **A dead master.** The kernel sends the workers SIGTERM when their master dies (they finish
   what they hold and exit), and the last of them removes the metrics folder the master made.
-- **Quick answers.** While its models predict quickly, a whole request is answered on the main
-  thread, with no hand-off to a thread; a plain one (inline_http.py) is read by llhttp rather than
-  gunicorn's parser, and its answer, written by gunicorn's own code to a buffer, goes out in one
-  call (the rest from a thread if the client reads slowly).
+- **Quick answers.** While its models predict quickly, a plain whole request (inline_http.py) is
+  read by llhttp rather than gunicorn's parser and answered on the main thread, with no hand-off to
+  a thread; its answer, written by gunicorn's own code to a buffer, goes out in one call (the rest
+  from a thread if the client reads slowly). Other requests go to a thread, whose writes may wait.
 - **Broken framing.** What gunicorn's HTTP parser refuses is answered in the server's JSON error
   shape with a 4xx status, logged in one line, never quoting the request. A request whose body
   was not read to its end (an error answered early, a broken chunked body) closes its connection.
