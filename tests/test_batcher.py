@@ -121,3 +121,31 @@ def test_a_lone_client_never_waits_for_others():
     latencies = clients_in_a_loop(batcher, [0], seconds=0.3)
     assert set(sizes) == {1}
     assert max(latencies) < 0.04, latencies
+
+
+def test_after_a_wait_for_returning_clients_that_brought_none_the_next_batch_does_not_wait():
+    """A request queued behind a batch waits (up to max_wait) for that batch's client to send again; clients that
+    do not (here: each request comes once) cost that wait once, not at every batch."""
+    def a_model_of_20_ms(inputs):
+        time.sleep(0.02)
+        return inputs
+
+    batcher = Batcher(a_model_of_20_ms, max_size=16, max_wait_seconds=0.1)
+    latencies = {}
+
+    def one(name):
+        started = time.monotonic()
+        batcher.submit(lambda: name).result(timeout=10)
+        latencies[name] = time.monotonic() - started
+
+    threads, started = [], time.monotonic()
+    # A is scored from 0 to 20 ms; B, queued behind it, waits for A's client until 120 ms and is scored until
+    # 140 ms; C comes while B is scored and is queued behind it.
+    for name, at in (("A", 0), ("B", 0.005), ("C", 0.125)):
+        time.sleep(max(at - (time.monotonic() - started), 0))
+        threads.append(threading.Thread(target=one, args=(name,)))
+        threads[-1].start()
+    for thread in threads:
+        thread.join()
+    assert latencies["B"] >= 0.1, latencies  # B waited for A's client, which never came back
+    assert latencies["C"] < 0.08, latencies  # C did not wait for B's
