@@ -3,14 +3,14 @@
 A worker answers a request on its main thread when its models are quick (workers.py). gunicorn's reader
 (its parser, its unreader and body objects, a thread of the pool and back) cost about 220 us of a request's
 530 us on the ONNX wine sample (bench/README.md): more than the model and the decoding together. Here the
-request is parsed by httptools (llhttp, the parser of Node.js and uvicorn) from the bytes already in the
-socket's buffer; the environ and the response are gunicorn's own (``wsgi.create``, ``Response``), written to
+request is parsed by httptools (llhttp, the parser of Node.js and uvicorn) from the bytes the worker's
+poller has read; the environ and the response are gunicorn's own (``wsgi.create``, ``Response``), written to
 a buffer and sent in one call.
 
 Only the plainest requests take this way: GET or POST, HTTP/1.1, an origin-form target, a Content-Length
 body or none, within gunicorn's limits, no Expect, Upgrade, Transfer-Encoding, forwarding headers, or
-header names with underscores. Anything else, malformed requests included, is left in the socket for
-gunicorn's parser, which answers as it always has: the same errors in the same JSON shape.
+header names with underscores. Anything else, malformed requests included, goes to gunicorn's parser in
+a thread, which answers as it always has: the same errors in the same JSON shape.
 """
 
 import io
@@ -71,7 +71,7 @@ class InlineRequest:
 
 def parse(data, limits):
     """The request that ``data`` holds whole, exactly: an :class:`InlineRequest`, or None when it is not one
-    this module answers (gunicorn then reads it from the socket, as it would have). ``limits``: :class:`Limits`."""
+    this module answers (gunicorn's parser then reads it, as it would have). ``limits``: :class:`Limits`."""
     req = InlineRequest()
     parser = httptools.HttpRequestParser(req)
     try:

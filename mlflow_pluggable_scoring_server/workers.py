@@ -120,26 +120,29 @@ def send_within(sock, data, seconds):
     view = memoryview(data).cast("B")
     sent = 0
     previous = sock.gettimeout()
-    if not isinstance(sock, ssl.SSLSocket):  # TLS sockets take no flags
-        if previous:  # a read deadline's timeout: Python would wait for room before even this send
-            sock.settimeout(None)
-        try:
-            sent = sock.send(view, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            pass
-    if sent == len(view):
-        if previous:
-            sock.settimeout(previous)
-        return
-    sock.settimeout(seconds)  # a timeout per send: each waits for room, at most this long
     try:
+        if not isinstance(sock, ssl.SSLSocket):  # TLS sockets take no flags
+            if previous:  # a read deadline's timeout: Python would wait for room before even this send
+                sock.settimeout(None)
+            try:
+                sent = sock.send(view, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        if sent < len(view):
+            sock.settimeout(seconds)  # a timeout per send: each waits for room, at most this long
         while sent < len(view):
             sent += sock.send(view[sent:])
     except TimeoutError:
-        logger.warning("closed a connection whose client took none of its answer for %g s (write_timeout)", seconds)
-        raise WriteTimeout(errno.EPIPE, f"the client took none of its answer for {seconds:g} s") from None
+        raise gave_up(seconds) from None
     finally:
-        sock.settimeout(previous)
+        if sock.gettimeout() != previous:
+            sock.settimeout(previous)
+
+
+def gave_up(seconds):
+    """Log, and return the :class:`WriteTimeout` to raise for, a client that took none of its answer for ``seconds``."""
+    logger.warning("closed a connection whose client took none of its answer for %g s (write_timeout)", seconds)
+    return WriteTimeout(errno.EPIPE, f"the client took none of its answer for {seconds:g} s")
 
 
 class DeadlineSocket:
@@ -226,9 +229,7 @@ class DeadlineSocket:
         try:
             return self._sock.sendfile(file, offset, count)
         except TimeoutError:
-            logger.warning("closed a connection whose client took none of a file for %g s (write_timeout)",
-                           self.write_seconds)
-            raise WriteTimeout(errno.EPIPE, f"the client took none of its answer for {self.write_seconds:g} s") from None
+            raise gave_up(self.write_seconds) from None
         finally:
             self._sock.settimeout(previous)
 
@@ -472,9 +473,9 @@ class ScoringWorker(ThreadWorker):
         self.serve_arrived(conn, client)
 
     def serve_arrived(self, conn, client):
-        """Answer the whole requests ``conn`` has read. While every model is quick (predicts quickly, one at a time),
-        on the main thread, with no hand-off to a thread and back: read by llhttp when plain (inline_http.py), else
-        by gunicorn's parser. Otherwise a thread answers. A request not whole yet stays in the poller."""
+        """Answer the whole requests ``conn`` has read. A plain one (inline_http.py), while every model is quick
+        (predicts quickly, one at a time), on the main thread, read by llhttp, with no hand-off to a thread and back;
+        any other in a thread, read by gunicorn's parser. A request not whole yet stays in the poller."""
         while True:
             if conn.length is None:  # the head is not whole yet
                 try:
@@ -534,10 +535,7 @@ class ScoringWorker(ThreadWorker):
         """A thread answers the request, gunicorn's parser reading it from the bytes the poller has, then the socket."""
         self.unlist(conn)
         self.poller.unregister(client)
-        if not isinstance(conn.sock, DeadlineSocket):
-            settings = self.scoring["settings"]
-            conn.sock = DeadlineSocket(conn.sock, settings.read_timeout, settings.write_timeout)
-        conn.sock.feed(conn.arriving or b"", conn.since)
+        self.with_deadlines(conn).feed(conn.arriving or b"", conn.since)
         conn.arriving = None
         conn.data_ready = True  # no wait for a first byte in gunicorn's handle()
         self.enqueue_req(conn)
@@ -579,14 +577,11 @@ class ScoringWorker(ThreadWorker):
             # finish_request puts the connection back (or closes it), on the main thread; a thread answers
             # the requests the client sent meanwhile.
             self.poller.unregister(client)
-            settings = self.scoring["settings"]
-            if not isinstance(conn.sock, DeadlineSocket):
-                conn.sock = DeadlineSocket(conn.sock, settings.read_timeout, settings.write_timeout)
-            conn.sock.prefix = bytes(conn.arriving or b"")
+            self.with_deadlines(conn).prefix = bytes(conn.arriving or b"")
             conn.arriving = None
             conn.data_ready = True  # what it sent meanwhile may be all in the prefix: no wait for the socket
             rest = memoryview(answer)[sent:]
-            fs = self.tpool.submit(self.send_rest, sock, rest, keep, settings.write_timeout)
+            fs = self.tpool.submit(self.send_rest, sock, rest, keep, conn.sock.write_seconds)
             fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
             return False
         if keep and self.alive:
@@ -640,9 +635,7 @@ class ScoringWorker(ThreadWorker):
         first = next(iter(self.reading.values()), None)  # the earliest: read_timeout is the same for all
         if first is not None:
             timeout = min(timeout, max(first - time.monotonic(), 0.0))
-        super().wait_for_and_dispatch_events(timeout)
-        if first is not None and first <= time.monotonic():
-            self.murder_pending()
+        super().wait_for_and_dispatch_events(timeout)  # gunicorn's loops call murder_pending right after
         try:
             moved = affinity.rebalance()
         except (OSError, ValueError) as e:  # /proc unreadable: stay where we are
@@ -651,12 +644,16 @@ class ScoringWorker(ThreadWorker):
             if moved is not None:
                 self.log.info("worker %d: other processes took its CPU; Python threads moved to CPU %d", self.pid, moved)
 
-    def handle(self, conn):
-        """Read and answer a request, in a thread, within the read deadline (from the poller's first byte of it)."""
+    def with_deadlines(self, conn):
+        """``conn``'s socket, made a :class:`DeadlineSocket` (read_timeout, write_timeout) if it is not one yet."""
         if not isinstance(conn.sock, DeadlineSocket):
             settings = self.scoring["settings"]
             conn.sock = DeadlineSocket(conn.sock, settings.read_timeout, settings.write_timeout)
-        conn.sock.read_request()
+        return conn.sock
+
+    def handle(self, conn):
+        """Read and answer a request, in a thread, within the read deadline (from the poller's first byte of it)."""
+        self.with_deadlines(conn).read_request()
         return super().handle(conn)
 
     def handle_request(self, req, conn):
